@@ -1,0 +1,4 @@
+//! The agent's front doors. Each submodule adapts one protocol onto the
+//! layers below it and owns no state of its own.
+
+pub mod grpc;

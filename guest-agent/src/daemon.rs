@@ -1,0 +1,342 @@
+//! One agent per storage root, serving on one socket until told to stop.
+//!
+//! The root is claimed with an exclusive lock on [`layout::LOCK_FILE`]
+//! held for the agent's lifetime, so a second agent on the same root is
+//! refused instead of corrupting shared state. The listening socket is
+//! bound only after the lock is held; a socket file left by an agent that
+//! died is removed, but only when nothing answers on it and it really is
+//! a socket. Nothing here ever deletes a file that is not ours.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_proto::layout;
+use berth_proto::link::Address;
+use berth_proto::pb::agent_server::AgentServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+use crate::api::grpc::AgentService;
+
+/// How long to keep trying for the root lock before concluding another agent
+/// holds it. Host tools probe the lock for a few microseconds to learn
+/// whether an agent runs; this grace keeps such a probe from failing a start.
+const LOCK_GRACE: Duration = Duration::from_millis(750);
+
+/// Longest unix socket path the kernel accepts (`sun_path` is 108 bytes
+/// including the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Why the agent could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The storage root could not be created or opened.
+    #[error("cannot prepare storage root {path}: {source}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Another agent already serves this root.
+    #[error("another berth-agent{} already serves {root}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// The root.
+        root: PathBuf,
+        /// That agent's pid, when its pid file could be read.
+        pid: Option<u32>,
+    },
+    /// The lock or pid file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Bookkeeping {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// This address kind cannot be listened on by this command.
+    #[error("cannot listen on {0}: only unix sockets are supported by 'serve'")]
+    UnsupportedListen(Address),
+    /// The socket path does not fit in a `sockaddr_un`.
+    #[error("socket path {path} is {len} bytes long; unix sockets allow at most {MAX_SOCKET_PATH}: choose a shorter path")]
+    SocketPathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Something answers on the socket path already.
+    #[error("socket {0} is in use by another process; refusing to take it over")]
+    SocketInUse(PathBuf),
+    /// The socket path names something that is not a socket.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// Binding or cleaning up the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// An exclusive claim on a storage root, released when dropped.
+#[derive(Debug)]
+pub struct RootLock {
+    root: PathBuf,
+    // Held open for the lock; closing it releases the lock.
+    _file: File,
+}
+
+impl RootLock {
+    /// Creates `root` (mode 0700) if needed, takes its lock and records this
+    /// process's pid.
+    pub fn acquire(root: &Path) -> Result<Self, DaemonError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|source| DaemonError::Root {
+                path: root.to_owned(),
+                source,
+            })?;
+        let lock_path = root.join(layout::LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| DaemonError::Bookkeeping {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let deadline = Instant::now() + LOCK_GRACE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let pid = fs::read_to_string(root.join(layout::PID_FILE))
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
+                    return Err(DaemonError::AlreadyRunning {
+                        root: root.to_owned(),
+                        pid,
+                    });
+                }
+                Err(fs::TryLockError::Error(source)) => {
+                    return Err(DaemonError::Bookkeeping {
+                        path: lock_path,
+                        source,
+                    })
+                }
+            }
+        }
+        let lock = RootLock {
+            root: root.to_owned(),
+            _file: file,
+        };
+        lock.write_pid()?;
+        Ok(lock)
+    }
+
+    fn write_pid(&self) -> Result<(), DaemonError> {
+        let path = self.root.join(layout::PID_FILE);
+        let tmp = self.root.join(format!(".{}.tmp", layout::PID_FILE));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            writeln!(f, "{}", std::process::id())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| DaemonError::Bookkeeping { path, source })
+    }
+}
+
+impl Drop for RootLock {
+    fn drop(&mut self) {
+        // The pid file is only meaningful while the lock is held.
+        let _ = fs::remove_file(self.root.join(layout::PID_FILE));
+    }
+}
+
+/// A bound listening socket that is removed when dropped, unless another
+/// process has replaced it in the meantime.
+#[derive(Debug)]
+struct SocketGuard {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes a socket file left behind by a dead process, after checking that
+/// it is a socket and that nothing accepts connections on it.
+fn clear_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DaemonError::Listen {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::NotASocket(path.to_owned()));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(DaemonError::SocketInUse(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            warn!(socket = %path.display(), "removing stale socket left by a previous agent");
+            fs::remove_file(path).or_else(|e| match e.kind() {
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(DaemonError::Listen {
+                    path: path.to_owned(),
+                    source: e,
+                }),
+            })
+        }
+        Err(source) => Err(DaemonError::Listen {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Binds a unix socket at `path` (mode 0600), clearing a stale one first.
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketGuard), DaemonError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(DaemonError::SocketPathTooLong {
+            path: path.to_owned(),
+            len,
+        });
+    }
+    let listen_err = |source| DaemonError::Listen {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(listen_err)?;
+    }
+    clear_stale_socket(path)?;
+    let listener = UnixListener::bind(path).map_err(listen_err)?;
+    let ino = fs::symlink_metadata(path).map_err(listen_err)?.ino();
+    let guard = SocketGuard {
+        path: path.to_owned(),
+        ino,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok((listener, guard))
+}
+
+/// Serves the agent's gRPC API for `root` on `listen` until `shutdown`
+/// completes, then removes the socket and releases the root.
+pub async fn serve(
+    root: &Path,
+    listen: &Address,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let lock = RootLock::acquire(root)?;
+    let Address::Unix(path) = listen;
+    let (listener, socket) = bind_unix(path)?;
+    info!(
+        version = crate::VERSION,
+        root = %root.display(),
+        listen = %listen,
+        "berth-agent serving"
+    );
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService::new(root.to_owned())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    drop(socket);
+    drop(lock);
+    info!("berth-agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let first = RootLock::acquire(&root).unwrap();
+        let pid = fs::read_to_string(root.join(layout::PID_FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        match RootLock::acquire(&root) {
+            Err(DaemonError::AlreadyRunning { pid, .. }) => {
+                assert_eq!(pid, Some(std::process::id()))
+            }
+            other => panic!("expected AlreadyRunning, got {other:?}"),
+        }
+        drop(first);
+        assert!(!root.join(layout::PID_FILE).exists());
+        RootLock::acquire(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_socket_is_removed_but_live_one_and_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+
+        // A socket whose listener is gone: stale.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        clear_stale_socket(&path).unwrap();
+        assert!(!path.exists());
+
+        // A live listener: refused, left in place.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(matches!(
+            clear_stale_socket(&path),
+            Err(DaemonError::SocketInUse(_))
+        ));
+        assert!(path.exists());
+        drop(live);
+        fs::remove_file(&path).unwrap();
+
+        // A regular file: never removed.
+        fs::write(&path, b"precious").unwrap();
+        assert!(matches!(
+            clear_stale_socket(&path),
+            Err(DaemonError::NotASocket(_))
+        ));
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn overlong_socket_path_is_refused() {
+        let long = PathBuf::from(format!("/tmp/{}/a.sock", "x".repeat(120)));
+        assert!(matches!(
+            bind_unix(&long),
+            Err(DaemonError::SocketPathTooLong { .. })
+        ));
+    }
+}

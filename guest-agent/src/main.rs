@@ -1,0 +1,86 @@
+//! The `berth-agent` binary: parses the command line and hands over to the
+//! library. See the crate docs of `berth_agent` for what each layer owns.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_proto::link::Address;
+use clap::{Parser, Subcommand};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// The Berth agent: the container engine on a Berth host.
+#[derive(Debug, Parser)]
+#[command(name = "berth-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the agent's API until SIGTERM or SIGINT.
+    Serve {
+        /// Directory holding the agent's state; one agent per root.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// Where to listen, e.g. unix:/run/berth/agent.sock.
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Address,
+    },
+}
+
+fn init_logging() {
+    // BERTH_LOG takes tracing's filter syntax, e.g. "debug" or "berth_agent=trace".
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "shutting down");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { root, listen } => runtime.block_on(async move {
+            berth_agent::daemon::serve(&root, &listen, termination()).await
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

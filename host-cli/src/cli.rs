@@ -1,0 +1,161 @@
+//! The command line, as clap parses it.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::shell::Shell;
+
+/// The name used when a command is given no machine name, as in docker-machine.
+pub const DEFAULT_MACHINE: &str = "default";
+
+/// Berth gives you a container host — this Linux machine, a local VM, or a
+/// remote box — and points the stock docker CLI at it.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log what berth does to stderr (same as BERTH_LOG=debug).
+    #[arg(long, short = 'D', global = true)]
+    pub debug: bool,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Berth's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a machine.
+    Create(CreateArgs),
+    /// List machines.
+    Ls(LsArgs),
+    /// Print the state of a machine.
+    Status(OneMachine),
+    /// Start machines.
+    Start(Machines),
+    /// Stop machines gracefully.
+    Stop(Machines),
+    /// Restart machines.
+    Restart(Machines),
+    /// Stop machines at once, without letting them clean up.
+    Kill(Machines),
+    /// Remove machines and everything Berth made for them.
+    Rm(RmArgs),
+    /// Print a machine's record as JSON.
+    Inspect(InspectArgs),
+    /// Print the Docker endpoint of a machine.
+    Url(OneMachine),
+    /// Print the IP address of machines.
+    Ip(Machines),
+    /// Print the machine the docker CLI is pointed at (from DOCKER_HOST).
+    Active(ActiveArgs),
+    /// Print the commands that point docker at a machine.
+    Env(EnvArgs),
+    /// Print berth's version, or a machine's agent version.
+    Version(VersionArgs),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+}
+
+/// Arguments of `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The driver that provides the host.
+    #[arg(long, short = 'd', default_value = "native", value_name = "DRIVER")]
+    pub driver: String,
+    /// The new machine's name.
+    pub name: String,
+}
+
+/// Arguments of `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print only machine names.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Keep machines matching a condition: driver=, state=, name= (a regex).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
+    /// Seconds to wait for each machine's answer.
+    #[arg(long, short = 't', default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Print each machine through a Go-style template, e.g. '{{.Name}} {{.State}}'.
+    #[arg(long, short = 'f', conflicts_with = "json")]
+    pub format: Option<String>,
+    /// Print the list as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Commands that take at most one machine name (default: "default").
+#[derive(Debug, Args)]
+pub struct OneMachine {
+    /// The machine's name.
+    pub name: Option<String>,
+}
+
+/// Commands that take machine names (default: "default").
+#[derive(Debug, Args)]
+pub struct Machines {
+    /// The machines' names.
+    pub names: Vec<String>,
+}
+
+/// Arguments of `rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove even running or damaged machines; implies -y.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y')]
+    pub yes: bool,
+    /// The machines' names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// Arguments of `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Print through a Go-style template, e.g. '{{.DriverName}}'.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// The machine's name.
+    pub name: Option<String>,
+}
+
+/// Arguments of `active`.
+#[derive(Debug, Args)]
+pub struct ActiveArgs {
+    /// Seconds to wait for each machine's answer.
+    #[arg(long, short = 't', default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Arguments of `env`.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// The shell to write for (default: from $SHELL).
+    #[arg(long, value_enum)]
+    pub shell: Option<Shell>,
+    /// Print the commands that unset the variables instead.
+    #[arg(long, short = 'u')]
+    pub unset: bool,
+    /// The machine's name.
+    pub name: Option<String>,
+}
+
+/// Arguments of `version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// A machine whose agent version to print.
+    pub name: Option<String>,
+}
+
+/// Arguments of `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,231 @@
+//! The `Driver` trait and what every driver shares.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use berth_proto::link::Address;
+use serde::{Deserialize, Serialize};
+
+pub mod native;
+
+/// The state of a host, as docker-machine users know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MachineState {
+    /// The host is up and its agent process runs.
+    Running,
+    /// The host is being brought up.
+    Starting,
+    /// The host is being shut down.
+    Stopping,
+    /// The host is not running.
+    Stopped,
+    /// The host's state could not be determined.
+    Error,
+}
+
+impl MachineState {
+    /// Every state, for parsing filters.
+    pub const ALL: [MachineState; 5] = [
+        MachineState::Running,
+        MachineState::Starting,
+        MachineState::Stopping,
+        MachineState::Stopped,
+        MachineState::Error,
+    ];
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MachineState::Running => "Running",
+            MachineState::Starting => "Starting",
+            MachineState::Stopping => "Stopping",
+            MachineState::Stopped => "Stopped",
+            MachineState::Error => "Error",
+        })
+    }
+}
+
+/// Where a client reaches the Docker Engine API of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerEndpoint {
+    /// The value for `DOCKER_HOST`, e.g. `unix:///…/docker.sock` or
+    /// `tcp://203.0.113.7:2376`.
+    pub url: String,
+    /// Whether the endpoint requires mutual TLS with the machine's certs.
+    pub tls: bool,
+}
+
+/// How a host's agent and Docker API are reached from this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The agent's gRPC address.
+    pub agent: Address,
+    /// The Docker Engine API.
+    pub docker: DockerEndpoint,
+}
+
+/// What a driver knows of the machine it drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineContext {
+    /// The machine's name.
+    pub name: String,
+    /// The machine's directory; the driver may keep files there and nowhere
+    /// else on this host.
+    pub dir: PathBuf,
+}
+
+/// What went wrong in a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The driver cannot work on this platform.
+    #[error("the {driver} driver is not supported on this platform ({platform})")]
+    Unsupported {
+        /// The driver.
+        driver: &'static str,
+        /// The platform, e.g. "macos".
+        platform: &'static str,
+    },
+    /// The agent program was not found.
+    #[error("cannot find the berth-agent program: {0}")]
+    AgentNotFound(String),
+    /// A check before creating failed; nothing was made.
+    #[error("{0}")]
+    PreCreate(String),
+    /// The agent process exited while starting.
+    #[error("berth-agent exited during start-up ({status}): {log_tail}")]
+    AgentExited {
+        /// How it exited.
+        status: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("berth-agent did not answer within {seconds}s (its log: {log})")]
+    AgentTimeout {
+        /// The deadline in seconds.
+        seconds: u64,
+        /// Where its log is.
+        log: String,
+    },
+    /// The agent would not stop.
+    #[error("berth-agent (pid {pid}) did not exit within {seconds}s of {signal}")]
+    StopTimeout {
+        /// The agent's pid.
+        pid: u32,
+        /// The signal sent.
+        signal: &'static str,
+        /// The time waited.
+        seconds: u64,
+    },
+    /// A file or process operation failed.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl DriverError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// How one kind of host is obtained and controlled.
+///
+/// Every method acts on the one machine the driver was opened for. The
+/// caller holds the machine's lock, so no two calls race on one machine.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync {
+    /// The driver's name, as `--driver` takes it.
+    fn name(&self) -> &'static str;
+
+    /// Checks, before anything is made, that the host can be created here.
+    async fn pre_create_check(&self) -> Result<(), DriverError>;
+
+    /// Makes the host and starts it; on error the caller calls
+    /// [`Driver::remove`] to undo whatever was made.
+    async fn create(&self) -> Result<(), DriverError>;
+
+    /// Starts a stopped host and waits until its agent answers.
+    async fn start(&self) -> Result<(), DriverError>;
+
+    /// Stops the host gracefully.
+    async fn stop(&self) -> Result<(), DriverError>;
+
+    /// Stops the host at once, without letting it clean up.
+    async fn kill(&self) -> Result<(), DriverError>;
+
+    /// Stops the host if it runs and releases everything the driver made,
+    /// except the machine's directory, which the store removes.
+    async fn remove(&self) -> Result<(), DriverError>;
+
+    /// The host's current state.
+    async fn state(&self) -> Result<MachineState, DriverError>;
+
+    /// The host's IP address as the user reaches it.
+    async fn ip(&self) -> Result<String, DriverError>;
+
+    /// Where the host's agent and Docker API are reached.
+    fn endpoint(&self) -> Endpoint;
+}
+
+/// A machine's choice of driver and that driver's settings, as saved in
+/// `machine.json` under `"Driver"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "Name", rename_all = "lowercase")]
+pub enum DriverConfig {
+    /// This Linux machine itself.
+    Native(native::NativeConfig),
+}
+
+impl DriverConfig {
+    /// Names of all drivers, as `--driver` takes them.
+    pub const NAMES: &'static [&'static str] = &[native::NAME];
+
+    /// The driver's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DriverConfig::Native(_) => native::NAME,
+        }
+    }
+
+    /// The default settings of the driver called `name`, if there is one.
+    pub fn default_for(name: &str) -> Option<Self> {
+        match name {
+            native::NAME => Some(DriverConfig::Native(native::NativeConfig::default())),
+            _ => None,
+        }
+    }
+
+    /// Opens the driver for the machine in `context`.
+    pub fn open(&self, context: MachineContext) -> Box<dyn Driver> {
+        match self {
+            DriverConfig::Native(config) => {
+                Box::new(native::NativeDriver::new(config.clone(), context))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_config_round_trips_with_its_name() {
+        let config = DriverConfig::default_for("native").unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(json, r#"{"Name":"native"}"#);
+        assert_eq!(serde_json::from_str::<DriverConfig>(&json).unwrap(), config);
+        assert!(serde_json::from_str::<DriverConfig>(r#"{"Name":"warp"}"#).is_err());
+        assert!(DriverConfig::default_for("warp").is_none());
+    }
+}

@@ -1,0 +1,521 @@
+//! The `native` driver: the container host is this Linux machine.
+//!
+//! The agent runs as a detached daemon (its own session, no terminal) with
+//! its storage root, socket and log in the machine's directory:
+//!
+//! ```text
+//! <machine dir>/agent/        storage root (agent.lock, agent.pid, state)
+//! <machine dir>/agent.sock    gRPC for berth
+//! <machine dir>/docker.sock   Docker Engine API for docker
+//! <machine dir>/agent.log     the agent's log (the previous run's in agent.log.1)
+//! ```
+//!
+//! Whether an agent runs is read from its root lock, which the agent holds
+//! while it lives: no pid file can go stale and mislead us. The pid is used
+//! only to signal, and only after checking that it belongs to an agent
+//! serving this root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::link::Address;
+use serde::{Deserialize, Serialize};
+
+use super::{DockerEndpoint, Driver, DriverError, Endpoint, MachineContext, MachineState};
+
+/// The driver's name.
+pub const NAME: &str = "native";
+
+/// The environment variable naming the agent program to run, overriding
+/// the search next to `berth` and on `PATH`.
+pub const AGENT_ENV: &str = "BERTH_AGENT";
+
+/// How long a starting agent may take to answer. It binds its socket in
+/// milliseconds; the rest is headroom for a loaded machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long `stop` waits after SIGTERM before it sends SIGKILL; the agent
+/// finishes in-flight requests first.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long to wait for the kernel to reap an agent after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often to look again while waiting for an agent to come or go.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How many lines of the agent's log an error quotes.
+const LOG_TAIL_LINES: usize = 5;
+
+/// Settings of the native driver (none yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeConfig {}
+
+/// Drives an agent on this machine.
+#[derive(Debug)]
+pub struct NativeDriver {
+    context: MachineContext,
+}
+
+impl NativeDriver {
+    /// The driver for the machine in `context`.
+    pub fn new(_config: NativeConfig, context: MachineContext) -> Self {
+        NativeDriver { context }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.context.dir.join("agent")
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.context.dir.join("agent.sock")
+    }
+
+    fn docker_socket(&self) -> PathBuf {
+        self.context.dir.join("docker.sock")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.context.dir.join("agent.log")
+    }
+}
+
+/// The longest socket path a `sockaddr_un` holds, without its NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[async_trait::async_trait]
+impl Driver for NativeDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn pre_create_check(&self) -> Result<(), DriverError> {
+        platform::supported()?;
+        for socket in [self.agent_socket(), self.docker_socket()] {
+            let len = socket.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(DriverError::PreCreate(format!(
+                    "the machine's socket path {} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH}: \
+                     set BERTH_HOME to a shorter directory",
+                    socket.display()
+                )));
+            }
+        }
+        find_agent().map(|_| ())
+    }
+
+    async fn create(&self) -> Result<(), DriverError> {
+        self.start().await
+    }
+
+    async fn start(&self) -> Result<(), DriverError> {
+        let agent = find_agent()?;
+        let address = Address::Unix(self.agent_socket());
+        let mut child = platform::spawn_agent(&agent, &self.root(), &address, &self.log())?;
+        platform::wait_ready(&mut child, &address, &self.log(), READY_TIMEOUT).await
+    }
+
+    async fn stop(&self) -> Result<(), DriverError> {
+        platform::stop(&self.root(), STOP_TIMEOUT, KILL_TIMEOUT).await
+    }
+
+    async fn kill(&self) -> Result<(), DriverError> {
+        platform::kill(&self.root(), KILL_TIMEOUT).await
+    }
+
+    async fn remove(&self) -> Result<(), DriverError> {
+        if platform::running(&self.root())? {
+            platform::kill(&self.root(), KILL_TIMEOUT).await?;
+        }
+        Ok(())
+    }
+
+    async fn state(&self) -> Result<MachineState, DriverError> {
+        Ok(if platform::running(&self.root())? {
+            MachineState::Running
+        } else {
+            MachineState::Stopped
+        })
+    }
+
+    async fn ip(&self) -> Result<String, DriverError> {
+        // The host is this machine; what it publishes, it publishes here.
+        Ok("127.0.0.1".to_owned())
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            agent: Address::Unix(self.agent_socket()),
+            docker: DockerEndpoint {
+                url: format!("unix://{}", self.docker_socket().display()),
+                tls: false,
+            },
+        }
+    }
+}
+
+/// Finds the agent program: `$BERTH_AGENT`, then next to the running
+/// program, then on `PATH`.
+fn find_agent() -> Result<PathBuf, DriverError> {
+    if let Some(path) = std::env::var_os(AGENT_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(DriverError::AgentNotFound(format!(
+                "{AGENT_ENV}={} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("berth-agent")))
+        .filter(|p| p.is_file());
+    if let Some(path) = sibling {
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("berth-agent"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            DriverError::AgentNotFound(format!(
+                "it is neither next to berth nor on PATH; install it or set {AGENT_ENV}"
+            ))
+        })
+}
+
+/// The last `lines` lines of a log file, joined with " | ".
+fn log_tail(log: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let start = tail.len().saturating_sub(lines);
+            let tail = tail[start..].join(" | ");
+            if tail.is_empty() {
+                "(its log is empty)".to_owned()
+            } else {
+                tail
+            }
+        }
+        Err(e) => format!("(cannot read {}: {e})", log.display()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod platform {
+    //! Process control on Linux: spawning the daemon, reading its lock,
+    //! signalling it.
+
+    use std::fs::{self, File, OpenOptions};
+    use std::path::Path;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use berth_proto::layout;
+    use berth_proto::link::{self, Address};
+    use berth_proto::pb::agent_client::AgentClient;
+    use berth_proto::pb::PingRequest;
+    use nix::sys::signal::{kill as send_signal, Signal};
+    use nix::unistd::Pid;
+    use tokio::process::{Child, Command};
+
+    use super::{log_tail, DriverError, LOG_TAIL_LINES, POLL_INTERVAL};
+
+    pub(super) fn supported() -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Whether an agent holds the root's lock. The probe holds the lock for
+    /// an instant at most; the agent's own lock retry absorbs that.
+    pub(super) fn running(root: &Path) -> Result<bool, DriverError> {
+        let path = root.join(layout::LOCK_FILE);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(DriverError::io(format!("open {}", path.display()), e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(fs::TryLockError::WouldBlock) => Ok(true),
+            Err(fs::TryLockError::Error(e)) => Err(DriverError::io(
+                format!("probe the lock {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// Starts the agent detached: a new session, stdin from /dev/null,
+    /// stdout and stderr to `log` (the previous log kept as `log.1`).
+    pub(super) fn spawn_agent(
+        agent: &Path,
+        root: &Path,
+        address: &Address,
+        log: &Path,
+    ) -> Result<Child, DriverError> {
+        if log.exists() {
+            let previous = log.with_extension("log.1");
+            fs::rename(log, &previous)
+                .map_err(|e| DriverError::io(format!("rotate {}", log.display()), e))?;
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| DriverError::io(format!("open {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| DriverError::io(format!("open {}", log.display()), e))?;
+        let mut command = Command::new(agent);
+        command
+            .arg("serve")
+            .arg("--root")
+            .arg(root)
+            .arg("--listen")
+            .arg(address.to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls setsid(2), which is async-signal-safe and touches no
+        // memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        command
+            .spawn()
+            .map_err(|e| DriverError::io(format!("run {}", agent.display()), e))
+    }
+
+    /// Waits until the agent answers a Ping, or fails with its log's tail
+    /// once it has exited or the deadline has passed. A detached agent that
+    /// outlives us is adopted by init.
+    pub(super) async fn wait_ready(
+        child: &mut Child,
+        address: &Address,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        let deadline = Instant::now() + timeout;
+        let channel = link::connect(address).map_err(|e| DriverError::PreCreate(e.to_string()))?;
+        let mut client = AgentClient::new(channel);
+        loop {
+            if client.ping(PingRequest {}).await.is_ok() {
+                return Ok(());
+            }
+            let exited = child
+                .try_wait()
+                .map_err(|e| DriverError::io("wait for berth-agent", e))?;
+            if let Some(status) = exited {
+                return Err(DriverError::AgentExited {
+                    status: status.to_string(),
+                    log_tail: log_tail(log, LOG_TAIL_LINES),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(DriverError::AgentTimeout {
+                    seconds: timeout.as_secs(),
+                    log: log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The pid of the agent serving `root`, if one runs. The pid file is
+    /// trusted only while the lock is held and only if that process is an
+    /// agent serving this root, so a recycled pid is never signalled.
+    fn agent_pid(root: &Path) -> Result<Option<Pid>, DriverError> {
+        if !running(root)? {
+            return Ok(None);
+        }
+        let pid_path = root.join(layout::PID_FILE);
+        let pid: i32 = match fs::read_to_string(&pid_path) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                DriverError::io(
+                    format!("read {}", pid_path.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a pid"),
+                )
+            })?,
+            // The agent has its lock but has not written its pid yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DriverError::io(format!("read {}", pid_path.display()), e)),
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let root_arg = root.as_os_str().as_encoded_bytes();
+        let serves_root = args
+            .windows(2)
+            .any(|w| w[0] == b"--root" && w[1] == root_arg);
+        Ok(serves_root.then(|| Pid::from_raw(pid)))
+    }
+
+    async fn wait_gone(root: &Path, timeout: Duration) -> Result<bool, DriverError> {
+        let deadline = Instant::now() + timeout;
+        while running(root)? {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(true)
+    }
+
+    fn signal(pid: Pid, signal: Signal) -> Result<(), DriverError> {
+        match send_signal(pid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(DriverError::io(
+                format!("send {signal} to berth-agent (pid {pid})"),
+                e.into(),
+            )),
+        }
+    }
+
+    pub(super) async fn stop(
+        root: &Path,
+        grace: Duration,
+        kill_wait: Duration,
+    ) -> Result<(), DriverError> {
+        let Some(pid) = agent_pid(root)? else {
+            return Ok(());
+        };
+        signal(pid, Signal::SIGTERM)?;
+        if wait_gone(root, grace).await? {
+            return Ok(());
+        }
+        tracing::warn!(%pid, "berth-agent ignored SIGTERM; killing it");
+        signal(pid, Signal::SIGKILL)?;
+        if wait_gone(root, kill_wait).await? {
+            Ok(())
+        } else {
+            Err(DriverError::StopTimeout {
+                pid: pid.as_raw().unsigned_abs(),
+                signal: "SIGKILL",
+                seconds: (grace + kill_wait).as_secs(),
+            })
+        }
+    }
+
+    pub(super) async fn kill(root: &Path, wait: Duration) -> Result<(), DriverError> {
+        let Some(pid) = agent_pid(root)? else {
+            return Ok(());
+        };
+        signal(pid, Signal::SIGKILL)?;
+        if wait_gone(root, wait).await? {
+            Ok(())
+        } else {
+            Err(DriverError::StopTimeout {
+                pid: pid.as_raw().unsigned_abs(),
+                signal: "SIGKILL",
+                seconds: wait.as_secs(),
+            })
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod platform {
+    //! The native driver needs Linux; elsewhere every operation says so.
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use berth_proto::link::Address;
+
+    use super::{DriverError, NAME};
+
+    /// Never built: spawning fails first on this platform.
+    pub(super) enum Child {}
+
+    fn unsupported() -> DriverError {
+        DriverError::Unsupported {
+            driver: NAME,
+            platform: std::env::consts::OS,
+        }
+    }
+
+    pub(super) fn supported() -> Result<(), DriverError> {
+        Err(unsupported())
+    }
+
+    pub(super) fn running(_: &Path) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+
+    pub(super) fn spawn_agent(
+        _: &Path,
+        _: &Path,
+        _: &Address,
+        _: &Path,
+    ) -> Result<Child, DriverError> {
+        Err(unsupported())
+    }
+
+    pub(super) async fn wait_ready(
+        _: &mut Child,
+        _: &Address,
+        _: &Path,
+        _: Duration,
+    ) -> Result<(), DriverError> {
+        supported()
+    }
+
+    pub(super) async fn stop(_: &Path, _: Duration, _: Duration) -> Result<(), DriverError> {
+        supported()
+    }
+
+    pub(super) async fn kill(_: &Path, _: Duration) -> Result<(), DriverError> {
+        supported()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_is_in_the_machine_dir() {
+        let driver = NativeDriver::new(
+            NativeConfig::default(),
+            MachineContext {
+                name: "dev".into(),
+                dir: "/m/dev".into(),
+            },
+        );
+        let endpoint = driver.endpoint();
+        assert_eq!(endpoint.agent, Address::Unix("/m/dev/agent.sock".into()));
+        assert_eq!(endpoint.docker.url, "unix:///m/dev/docker.sock");
+        assert!(!endpoint.docker.tls);
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, "one\n\ntwo\nthree\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "two | three");
+        assert!(log_tail(&dir.path().join("none"), 2).contains("cannot read"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_root_without_an_agent_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = NativeDriver::new(
+            NativeConfig::default(),
+            MachineContext {
+                name: "dev".into(),
+                dir: dir.path().to_owned(),
+            },
+        );
+        assert_eq!(driver.state().await.unwrap(), MachineState::Stopped);
+        // Stopping or killing what does not run is not an error.
+        driver.stop().await.unwrap();
+        driver.kill().await.unwrap();
+    }
+}

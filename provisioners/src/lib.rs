@@ -1,0 +1,22 @@
+//! How Berth obtains and controls a container host.
+//!
+//! Everything above this crate (`ls`, `env`, `ssh`, the supervisor) is
+//! driver-blind: it holds a [`Driver`] and asks it to create, start, stop,
+//! kill or remove the host, for its state and IP, and for the
+//! [`Endpoint`] at which the host's agent and Docker API are reached.
+//!
+//! - [`driver`] — the trait, the shared types and [`DriverConfig`], the
+//!   persisted choice of driver and its settings.
+//! - [`driver::native`] — the host is this Linux machine: the agent runs as
+//!   a detached daemon whose state lives in the machine's directory.
+//!
+//! Provisioning over SSH, the `qemu`, `generic` and cloud drivers are not
+//! here yet (see the README).
+
+#![deny(missing_docs)]
+
+pub mod driver;
+
+pub use driver::{
+    DockerEndpoint, Driver, DriverConfig, DriverError, Endpoint, MachineContext, MachineState,
+};
