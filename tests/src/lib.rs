@@ -1,0 +1,198 @@
+//! The harness for Berth's end-to-end tests: runs the built `berth` and
+//! `berth-agent` binaries as a user would, each test in a home of its own.
+//!
+//! The binaries come from the same target directory as the test; build
+//! them first (`cargo build --workspace --bins`), as `scripts/test` does.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The path of a binary built in this workspace's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps/; binaries sit in target/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A `berth` with its own BERTH_HOME, removed (machines first) when dropped.
+pub struct Berth {
+    home: tempfile::TempDir,
+}
+
+impl Default for Berth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Berth {
+    /// A fresh, empty home.
+    pub fn new() -> Self {
+        Berth {
+            home: tempfile::Builder::new()
+                .prefix("bt")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    /// BERTH_HOME.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The directory of machine `name`.
+    pub fn machine_dir(&self, name: &str) -> PathBuf {
+        self.home().join("machines").join(name)
+    }
+
+    /// A `berth` command in this home, with a predictable environment.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(bin("berth"));
+        cmd.args(args)
+            .env("BERTH_HOME", self.home())
+            .env("BERTH_AGENT", bin("berth-agent"))
+            .env("SHELL", "/bin/bash")
+            .env_remove("DOCKER_HOST")
+            .env_remove("BERTH_LOG")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs `berth ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs `berth ARGS`, asserts it succeeded, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `berth ARGS`, asserts it failed with exit code `code`, printed
+    /// nothing on stdout, one line on stderr and no panic; returns that line.
+    pub fn fails_with(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "berth {args:?} should exit {code}; stderr: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "berth {args:?} panicked: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "berth {args:?} printed on stdout");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = lines.last().copied().unwrap_or_default().to_owned();
+        assert!(!last.is_empty(), "berth {args:?} failed silently");
+        last
+    }
+
+    /// Runs `berth ARGS` and asserts the usual failure (exit 1).
+    pub fn fails(&self, args: &[&str]) -> String {
+        self.fails_with(1, args)
+    }
+
+    /// The pid of the agent of machine `name`, read from its pid file.
+    pub fn agent_pid(&self, name: &str) -> i32 {
+        let path = self.machine_dir(name).join("agent/agent.pid");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Every file under `dir` with its content (sockets and directories as
+    /// markers), to show that an operation left a machine untouched.
+    pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let kind = entry.file_type().unwrap();
+                let rel = path.strip_prefix(dir).unwrap().to_owned();
+                if kind.is_dir() {
+                    out.insert(rel, b"<dir>".to_vec());
+                    stack.push(path);
+                } else if kind.is_file() {
+                    out.insert(rel, std::fs::read(&path).unwrap());
+                } else {
+                    out.insert(rel, b"<special>".to_vec());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        // Stop every agent this home started, even when a test failed.
+        if let Ok(out) = self.command(["ls", "-q", "-t", "2"]).output() {
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.command(["rm", "-f", "-y", name]).output();
+            }
+        }
+    }
+}
+
+/// Whether process `pid` has exited. A dead agent is adopted by whatever
+/// reaps orphans on this machine; until that happens it is a zombie, which
+/// counts as gone.
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Runs `script` in `shell -c` and returns stdout, asserting success.
+pub fn shell(shell: &str, script: &str, envs: &[(&str, &str)]) -> String {
+    let out = Command::new(shell)
+        .arg("-c")
+        .arg(script)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{shell} -c {script:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Parses `berth ls --json`.
+pub fn ls_json(berth: &Berth) -> Vec<serde_json::Value> {
+    serde_json::from_str(&berth.ok(&["ls", "--json"])).unwrap()
+}

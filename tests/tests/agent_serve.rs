@@ -1,0 +1,109 @@
+//! `berth-agent serve` on its own: one agent per root, safe socket
+//! handling, a clean stop on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::bin;
+
+fn serve(root: &std::path::Path, socket: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin("berth-agent"));
+    cmd.arg("serve")
+        .arg("--root")
+        .arg(root)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn one_agent_per_root_and_a_clean_sigterm() {
+    let dir = tempfile::Builder::new()
+        .prefix("ag")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("agent.sock");
+    let first = serve(&root, &socket).spawn().unwrap();
+    wait_for(&socket);
+
+    let second = serve(&root, &dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "another berth-agent (pid {}) already serves",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("other.sock").exists());
+
+    sigterm(&first);
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit on SIGTERM: {}", out.status);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signal=\"SIGTERM\""));
+    assert!(!socket.exists(), "socket removed on a clean stop");
+    assert!(!root.join("agent.pid").exists(), "pid file removed");
+}
+
+#[test]
+fn never_removes_what_is_not_a_stale_socket() {
+    let dir = tempfile::Builder::new()
+        .prefix("ag")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = dir.path().join("agent.sock");
+
+    // A regular file in the way is kept, and the agent says why it stops.
+    std::fs::write(&path, "precious").unwrap();
+    let out = serve(&dir.path().join("r1"), &path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    std::fs::remove_file(&path).unwrap();
+
+    // A socket someone serves on is not taken over.
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let out = serve(&dir.path().join("r2"), &path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    drop(live);
+
+    // The same socket, now stale, is replaced.
+    let agent = serve(&dir.path().join("r3"), &path).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(Instant::now() < deadline, "agent never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&agent);
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removing stale socket"));
+}
