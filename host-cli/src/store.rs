@@ -240,6 +240,7 @@ impl Store {
     }
 }
 
+#[derive(Debug)]
 enum LockError {
     Busy,
     Io(PathBuf, io::Error),

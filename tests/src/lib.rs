@@ -4,8 +4,6 @@
 //! The binaries come from the same target directory as the test; build
 //! them first (`cargo build --workspace --bins`), as `scripts/test` does.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -55,7 +55,7 @@ async fn remove_one(store: &Store, name: &str, force: bool) -> Result<(), CliErr
 
 /// `berth rm [-f] [-y] NAME…`
 pub(crate) async fn rm(store: &Store, args: RmArgs) -> Result<(), CliError> {
-    if !(args.force || args.yes) && !confirm(&args.names)? {
+    if !(args.force || args.yes || confirm(&args.names)?) {
         progress("Aborted.");
         return Ok(());
     }

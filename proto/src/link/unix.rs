@@ -7,6 +7,7 @@ use super::{ConnectFuture, Connector, LinkError};
 /// Connects to an agent listening on a unix domain socket.
 #[derive(Debug, Clone)]
 pub struct UnixConnector {
+    #[cfg_attr(not(unix), allow(dead_code))]
     path: PathBuf,
 }
 

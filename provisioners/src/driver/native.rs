@@ -15,7 +15,7 @@
 //! only to signal, and only after checking that it belongs to an agent
 //! serving this root.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_proto::link::Address;
@@ -40,12 +40,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long to wait for the kernel to reap an agent after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often to look again while waiting for an agent to come or go.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-
-/// How many lines of the agent's log an error quotes.
-const LOG_TAIL_LINES: usize = 5;
 
 /// Settings of the native driver (none yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,23 +181,6 @@ fn find_agent() -> Result<PathBuf, DriverError> {
         })
 }
 
-/// The last `lines` lines of a log file, joined with " | ".
-fn log_tail(log: &Path, lines: usize) -> String {
-    match std::fs::read_to_string(log) {
-        Ok(text) => {
-            let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            let start = tail.len().saturating_sub(lines);
-            let tail = tail[start..].join(" | ");
-            if tail.is_empty() {
-                "(its log is empty)".to_owned()
-            } else {
-                tail
-            }
-        }
-        Err(e) => format!("(cannot read {}: {e})", log.display()),
-    }
-}
-
 #[cfg(target_os = "linux")]
 mod platform {
     //! Process control on Linux: spawning the daemon, reading its lock,
@@ -222,7 +199,30 @@ mod platform {
     use nix::unistd::Pid;
     use tokio::process::{Child, Command};
 
-    use super::{log_tail, DriverError, LOG_TAIL_LINES, POLL_INTERVAL};
+    use super::DriverError;
+
+    /// How often to look again while waiting for an agent to come or go.
+    const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+    /// How many lines of the agent's log an error quotes.
+    const LOG_TAIL_LINES: usize = 5;
+
+    /// The last `lines` lines of a log file, joined with " | ".
+    pub(super) fn log_tail(log: &Path, lines: usize) -> String {
+        match std::fs::read_to_string(log) {
+            Ok(text) => {
+                let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                let start = tail.len().saturating_sub(lines);
+                let tail = tail[start..].join(" | ");
+                if tail.is_empty() {
+                    "(its log is empty)".to_owned()
+                } else {
+                    tail
+                }
+            }
+            Err(e) => format!("(cannot read {}: {e})", log.display()),
+        }
+    }
 
     pub(super) fn supported() -> Result<(), DriverError> {
         Ok(())
@@ -493,8 +493,10 @@ mod tests {
         assert!(!endpoint.docker.tls);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn log_tail_keeps_the_last_lines() {
+        use super::platform::log_tail;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
         std::fs::write(&log, "one\n\ntwo\nthree\n").unwrap();

@@ -1,0 +1,48 @@
+# Shared by scripts/*: logging and idempotent installation of what the
+# project needs from Debian and rustup. Sourced, not run.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $*"
+  fi
+}
+
+# ensure_packages PKG...: installs the Debian packages that are missing.
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# ensure_rust_targets TARGET...: adds the rustup targets that are missing.
+ensure_rust_targets() {
+  command -v rustup >/dev/null || die "rustup is required (https://rustup.rs)"
+  local installed
+  installed=$(rustup target list --installed)
+  for target in "$@"; do
+    grep -qx "$target" <<<"$installed" || { say "adding rust target $target"; rustup target add "$target"; }
+  done
+}
+
+# What building and testing Berth needs from Debian: a C toolchain for
+# crates with build scripts, the shells and process tools the tests drive.
+BUILD_PACKAGES=(build-essential pkg-config)
+TEST_PACKAGES=(bash dash procps)
+
+ensure_toolchain() {
+  command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+  ensure_packages "${BUILD_PACKAGES[@]}"
+}
