@@ -180,8 +180,7 @@ pub(crate) fn waiting(name: &str) -> impl FnOnce() + '_ {
     }
 }
 
-/// Maps a missing machine to the store's own error; used where a command
-/// goes on with other machines after one fails.
+/// Whether `e` says that a machine does not exist.
 pub(crate) fn is_not_found(e: &CliError) -> bool {
     matches!(e, CliError::Store(StoreError::NotFound(_)))
 }

@@ -1,11 +1,7 @@
 //! Read-only verbs about one machine: `status`, `url`, `ip`, `inspect`,
 //! `version`.
 
-use berth_proto::link;
-use berth_proto::pb::agent_client::AgentClient;
-use berth_proto::pb::PingRequest;
-
-use super::{print, status_reason, target, targets, Machine, AGENT_TIMEOUT};
+use super::{agent_info, print, target, targets, Machine, AGENT_TIMEOUT};
 use crate::cli::InspectArgs;
 use crate::error::CliError;
 use crate::output::{pretty_json, Template};
@@ -75,19 +71,6 @@ pub(crate) async fn version(store: &Store, name: Option<String>) -> Result<(), C
     };
     let machine = Machine::open(store, &name)?;
     let endpoint = machine.running_endpoint().await?;
-    let fail = |reason: String| CliError::Agent {
-        name: name.clone(),
-        address: endpoint.agent.to_string(),
-        reason,
-    };
-    let channel = link::connect(&endpoint.agent).map_err(|e| fail(e.to_string()))?;
-    let ping = tokio::time::timeout(
-        AGENT_TIMEOUT,
-        AgentClient::new(channel).ping(PingRequest {}),
-    )
-    .await
-    .map_err(|_| fail(format!("no answer within {}s", AGENT_TIMEOUT.as_secs())))?
-    .map_err(|status| fail(status_reason(&status)))?
-    .into_inner();
-    print(&format!("v{}\n", ping.version))
+    let info = agent_info(&name, &endpoint, AGENT_TIMEOUT).await?;
+    print(&format!("v{}\n", info.version))
 }

@@ -118,6 +118,12 @@ pub enum DriverError {
         /// The time waited.
         seconds: u64,
     },
+    /// An agent holds the root but its process cannot be identified.
+    #[error("an agent holds {root} but its pid file names no agent serving it; stop it by hand")]
+    AgentProcessUnknown {
+        /// The agent's storage root.
+        root: String,
+    },
     /// A file or process operation failed.
     #[error("cannot {action}: {source}")]
     Io {

@@ -207,6 +207,9 @@ mod platform {
     /// How many lines of the agent's log an error quotes.
     const LOG_TAIL_LINES: usize = 5;
 
+    /// How long a running agent may take to write its pid file.
+    const PID_WAIT: Duration = Duration::from_secs(1);
+
     /// The last `lines` lines of a log file, joined with " | ".
     pub(super) fn log_tail(log: &Path, lines: usize) -> String {
         match std::fs::read_to_string(log) {
@@ -327,32 +330,41 @@ mod platform {
         }
     }
 
-    /// The pid of the agent serving `root`, if one runs. The pid file is
-    /// trusted only while the lock is held and only if that process is an
-    /// agent serving this root, so a recycled pid is never signalled.
-    fn agent_pid(root: &Path) -> Result<Option<Pid>, DriverError> {
-        if !running(root)? {
-            return Ok(None);
+    /// The pid of the agent serving `root`, or `None` if none runs. The pid
+    /// file is trusted only while the lock is held and only if that process
+    /// is an agent serving this root, so a recycled pid is never signalled.
+    async fn agent_pid(root: &Path) -> Result<Option<Pid>, DriverError> {
+        // An agent writes its pid file right after taking its lock.
+        let deadline = Instant::now() + PID_WAIT;
+        loop {
+            if !running(root)? {
+                return Ok(None);
+            }
+            if let Some(pid) = verified_pid(root) {
+                return Ok(Some(pid));
+            }
+            if Instant::now() >= deadline {
+                return Err(DriverError::AgentProcessUnknown {
+                    root: root.display().to_string(),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
-        let pid_path = root.join(layout::PID_FILE);
-        let pid: i32 = match fs::read_to_string(&pid_path) {
-            Ok(text) => text.trim().parse().map_err(|_| {
-                DriverError::io(
-                    format!("read {}", pid_path.display()),
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a pid"),
-                )
-            })?,
-            // The agent has its lock but has not written its pid yet.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DriverError::io(format!("read {}", pid_path.display()), e)),
-        };
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    }
+
+    /// The pid in the root's pid file, if that process serves this root.
+    fn verified_pid(root: &Path) -> Option<Pid> {
+        let pid: i32 = fs::read_to_string(root.join(layout::PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let root_arg = root.as_os_str().as_encoded_bytes();
-        let serves_root = args
-            .windows(2)
-            .any(|w| w[0] == b"--root" && w[1] == root_arg);
-        Ok(serves_root.then(|| Pid::from_raw(pid)))
+        args.windows(2)
+            .any(|w| w[0] == b"--root" && w[1] == root_arg)
+            .then(|| Pid::from_raw(pid))
     }
 
     async fn wait_gone(root: &Path, timeout: Duration) -> Result<bool, DriverError> {
@@ -376,37 +388,20 @@ mod platform {
         }
     }
 
-    pub(super) async fn stop(
+    /// Sends `sig` and waits up to `wait` for the agent to release its root.
+    async fn signal_and_wait(
         root: &Path,
-        grace: Duration,
-        kill_wait: Duration,
-    ) -> Result<(), DriverError> {
-        let Some(pid) = agent_pid(root)? else {
-            return Ok(());
-        };
-        signal(pid, Signal::SIGTERM)?;
-        if wait_gone(root, grace).await? {
-            return Ok(());
-        }
-        tracing::warn!(%pid, "berth-agent ignored SIGTERM; killing it");
-        signal(pid, Signal::SIGKILL)?;
-        if wait_gone(root, kill_wait).await? {
-            Ok(())
-        } else {
-            Err(DriverError::StopTimeout {
-                pid: pid.as_raw().unsigned_abs(),
-                signal: "SIGKILL",
-                seconds: (grace + kill_wait).as_secs(),
-            })
-        }
+        pid: Pid,
+        sig: Signal,
+        wait: Duration,
+    ) -> Result<bool, DriverError> {
+        signal(pid, sig)?;
+        wait_gone(root, wait).await
     }
 
-    pub(super) async fn kill(root: &Path, wait: Duration) -> Result<(), DriverError> {
-        let Some(pid) = agent_pid(root)? else {
-            return Ok(());
-        };
-        signal(pid, Signal::SIGKILL)?;
-        if wait_gone(root, wait).await? {
+    /// SIGKILLs the agent and waits for the kernel to reap it.
+    async fn kill_pid(root: &Path, pid: Pid, wait: Duration) -> Result<(), DriverError> {
+        if signal_and_wait(root, pid, Signal::SIGKILL, wait).await? {
             Ok(())
         } else {
             Err(DriverError::StopTimeout {
@@ -414,6 +409,28 @@ mod platform {
                 signal: "SIGKILL",
                 seconds: wait.as_secs(),
             })
+        }
+    }
+
+    pub(super) async fn stop(
+        root: &Path,
+        grace: Duration,
+        kill_wait: Duration,
+    ) -> Result<(), DriverError> {
+        let Some(pid) = agent_pid(root).await? else {
+            return Ok(());
+        };
+        if signal_and_wait(root, pid, Signal::SIGTERM, grace).await? {
+            return Ok(());
+        }
+        tracing::warn!(%pid, "berth-agent ignored SIGTERM; killing it");
+        kill_pid(root, pid, kill_wait).await
+    }
+
+    pub(super) async fn kill(root: &Path, wait: Duration) -> Result<(), DriverError> {
+        match agent_pid(root).await? {
+            Some(pid) => kill_pid(root, pid, wait).await,
+            None => Ok(()),
         }
     }
 }
