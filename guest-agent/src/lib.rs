@@ -10,15 +10,18 @@
 //! - [`api`] — the front doors; today the gRPC [`api::grpc::AgentService`].
 //! - [`host_info`] — what the agent reports about its host (kernel, OS,
 //!   CPUs, memory, storage).
+//! - [`runtime`] — the OCI runtime (`berth-agent runtime …`), runc's verbs
+//!   over a bundle; in progress.
 //!
-//! Not yet here (see the README): the runtime, the image store, networking,
-//! the builder, the engine state and the Docker API.
+//! Not yet here (see the README): the image store, networking, the
+//! builder, the engine state and the Docker API.
 
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod daemon;
 pub mod host_info;
+pub mod runtime;
 
 /// The agent's version, shared with the CLI through `berth-proto`.
 pub const VERSION: &str = berth_proto::VERSION;

@@ -28,6 +28,8 @@ enum Command {
         #[arg(long, value_name = "ADDRESS")]
         listen: Address,
     },
+    /// The OCI runtime: runc's verbs over a bundle.
+    Runtime(berth_agent::runtime::cli::RuntimeArgs),
 }
 
 fn init_logging() {
@@ -60,6 +62,20 @@ async fn termination() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // The runtime forks: it must stay single-threaded, so it runs before
+    // (and instead of) the async runtime.
+    let cli = match cli.command {
+        Command::Runtime(args) => {
+            return match berth_agent::runtime::cli::main(args) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,6 +91,7 @@ fn main() -> ExitCode {
         Command::Serve { root, listen } => runtime.block_on(async move {
             berth_agent::daemon::serve(&root, &listen, termination()).await
         }),
+        Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,3 +194,92 @@ pub fn shell(shell: &str, script: &str, envs: &[(&str, &str)]) -> String {
 pub fn ls_json(berth: &Berth) -> Vec<serde_json::Value> {
     serde_json::from_str(&berth.ok(&["ls", "--json"])).unwrap()
 }
+
+/// An OCI bundle with a busybox rootfs (from Debian's `busybox-static`)
+/// running `args`, in a temporary directory. `tweak` edits config.json.
+pub struct BusyboxBundle {
+    dir: tempfile::TempDir,
+}
+
+impl BusyboxBundle {
+    /// Makes the bundle.
+    pub fn new(args: &[&str], tweak: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let busybox = Path::new("/usr/bin/busybox");
+        assert!(
+            busybox.is_file(),
+            "these tests need Debian's busybox-static (scripts/test installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("bundle")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        let out = Command::new(rootfs.join("bin/busybox"))
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&out.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+            }
+        }
+        let mut config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin", "HOME=/"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": "berthbox",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                               {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+                "readonlyPaths": ["/proc/bus", "/proc/sys"]
+            }
+        });
+        tweak(&mut config);
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        BusyboxBundle { dir }
+    }
+
+    /// The bundle directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Asserts that the tests run as root, which namespaces and mounts need.
+pub fn require_root() {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "the runtime tests need root (CI runs them as root)"
+    );
+}

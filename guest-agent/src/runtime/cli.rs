@@ -1,0 +1,179 @@
+//! `berth-agent runtime …`: runc's verbs and flags where they overlap.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::container_create::{create, CreateOptions};
+use super::container_delete::delete;
+use super::container_kill::{kill, parse_signal};
+use super::container_run::run;
+use super::container_start::start;
+use super::state::ContainerDir;
+use super::RuntimeError;
+
+/// Where container state lives unless `--root` says otherwise.
+pub const DEFAULT_ROOT: &str = "/run/berth-agent/runtime";
+
+/// The runtime's command line.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Directory for container state (tmpfs recommended).
+    #[arg(long, default_value = DEFAULT_ROOT, global = true, value_name = "DIR")]
+    pub root: PathBuf,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: RuntimeCommand,
+}
+
+/// Flags shared by `create` and `run`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The bundle directory (holding config.json).
+    #[arg(long, short = 'b', default_value = ".", value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// Write the container's init pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Pass this many descriptors above 2 to the container.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+    /// The container id.
+    pub id: String,
+}
+
+/// The runtime verbs.
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Create a container from a bundle; it waits for `start`.
+    Create(CreateArgs),
+    /// Start a created container.
+    Start {
+        /// The container id.
+        id: String,
+    },
+    /// Print a container's state as JSON.
+    State {
+        /// The container id.
+        id: String,
+    },
+    /// Send a signal (default SIGTERM) to a container.
+    Kill {
+        /// The container id.
+        id: String,
+        /// The signal, by name or number.
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a stopped container (or any, with --force).
+    Delete {
+        /// Kill the container first if it runs.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// The container id.
+        id: String,
+    },
+    /// Create and start a container; wait for it unless --detach.
+    Run {
+        /// Return once started instead of waiting.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Create flags.
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// List containers.
+    List {
+        /// Print only ids.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+        /// table or json.
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+    },
+}
+
+fn options(root: PathBuf, args: CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: args.id,
+        bundle: args.bundle,
+        root,
+        pid_file: args.pid_file,
+        preserve_fds: args.preserve_fds,
+    }
+}
+
+fn print(text: &str) -> Result<(), RuntimeError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(RuntimeError::io("write to stdout"))
+}
+
+/// Runs one runtime verb; returns the process exit code.
+pub fn main(args: RuntimeArgs) -> Result<i32, RuntimeError> {
+    let root = args.root;
+    match args.command {
+        RuntimeCommand::Create(create_args) => create(&options(root, create_args)).map(|_| 0),
+        RuntimeCommand::Start { id } => start(&root, &id).map(|()| 0),
+        RuntimeCommand::State { id } => {
+            let dir = ContainerDir::new(&root, &id);
+            let report = dir.report(&dir.load()?);
+            let json = serde_json::to_string_pretty(&report)
+                .map_err(|e| RuntimeError::io("encode state")(e.into()))?;
+            print(&format!("{json}\n")).map(|()| 0)
+        }
+        RuntimeCommand::Kill { id, signal } => kill(&root, &id, parse_signal(&signal)?).map(|()| 0),
+        RuntimeCommand::Delete { force, id } => delete(&root, &id, force).map(|()| 0),
+        RuntimeCommand::Run { detach, create } => run(&options(root, create), detach),
+        RuntimeCommand::List { quiet, format } => list(&root, quiet, &format).map(|()| 0),
+    }
+}
+
+fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<(), RuntimeError> {
+    let mut reports = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let dir = ContainerDir::new(root, &id);
+            if let Ok(saved) = dir.load() {
+                reports.push(dir.report(&saved));
+            }
+        }
+    }
+    reports.sort_by(|a, b| a.id.cmp(&b.id));
+    let text = if quiet {
+        reports.iter().map(|r| format!("{}\n", r.id)).collect()
+    } else if format == "json" {
+        let json = serde_json::to_string(&reports)
+            .map_err(|e| RuntimeError::io("encode list")(e.into()))?;
+        format!("{json}\n")
+    } else {
+        let mut text = format!(
+            "{:<20} {:<8} {:<10} {:<40} {}\n",
+            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+        );
+        for r in &reports {
+            text.push_str(&format!(
+                "{:<20} {:<8} {:<10} {:<40} {}\n",
+                r.id,
+                r.pid,
+                r.status,
+                r.bundle.display(),
+                r.created
+            ));
+        }
+        text
+    };
+    print(&text)
+}

@@ -1,0 +1,205 @@
+//! `create`: sets a container up and leaves its init waiting for `start`.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::container_init::{self, send, InitContext};
+use super::spec::{validate_id, Bundle};
+use super::state::{proc_stat, ContainerDir, Saved};
+use super::RuntimeError;
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The container id.
+    pub id: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The runtime's state root.
+    pub root: PathBuf,
+    /// Where to write the init's pid, if anywhere.
+    pub pid_file: Option<PathBuf>,
+    /// How many descriptors above 2 to pass to the container.
+    pub preserve_fds: i32,
+}
+
+/// The namespace flags to unshare and the paths to join, from the spec.
+fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
+    let mut new = CloneFlags::empty();
+    let mut join = Vec::new();
+    let list = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in list {
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+            LinuxNamespaceType::Time => continue,
+        };
+        match ns.path() {
+            Some(path) => join.push((path.clone(), flag)),
+            None => new |= flag,
+        }
+    }
+    // The rootfs is always set up in a mount namespace of the container's own.
+    (new | CloneFlags::CLONE_NEWNS, join)
+}
+
+/// The intermediate child: enters the namespaces, forks the init (PID 1
+/// of a new PID namespace), reports its pid and exits.
+fn intermediate(bundle: &Bundle, fifo: &OwnedFd, sync: &OwnedFd, preserve_fds: i32) -> ! {
+    let result = (|| -> Result<Pid, RuntimeError> {
+        let (new, join) = namespaces(bundle);
+        for (path, flag) in join {
+            let fd = fs::File::open(&path).map_err(RuntimeError::io(format!(
+                "open namespace {}",
+                path.display()
+            )))?;
+            nix::sched::setns(fd, flag).map_err(RuntimeError::sys(format!(
+                "join namespace {}",
+                path.display()
+            )))?;
+        }
+        nix::sched::unshare(new).map_err(RuntimeError::sys("create namespaces"))?;
+        // SAFETY: this process has a single thread (the runtime never starts
+        // others on this path), so the child may run arbitrary code.
+        match unsafe { fork() }.map_err(RuntimeError::sys("fork the container init"))? {
+            ForkResult::Child => container_init::run(InitContext {
+                bundle,
+                fifo: fifo.as_raw_fd(),
+                sync: sync.as_raw_fd(),
+                preserve_fds,
+            }),
+            ForkResult::Parent { child } => Ok(child),
+        }
+    })();
+    let code = match result {
+        Ok(pid) => {
+            send(sync.as_raw_fd(), &format!("pid:{pid}"));
+            0
+        }
+        Err(e) => {
+            send(sync.as_raw_fd(), &format!("error:{e}"));
+            1
+        }
+    };
+    // SAFETY: ends the forked intermediate without running the parent's
+    // exit handlers.
+    unsafe { nix::libc::_exit(code) }
+}
+
+/// Creates the container; on success its init waits on the exec FIFO.
+pub fn create(opts: &CreateOptions) -> Result<Saved, RuntimeError> {
+    validate_id(&opts.id)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.root)
+        .map_err(RuntimeError::io(format!("create {}", opts.root.display())))?;
+    let dir = ContainerDir::new(&opts.root, &opts.id);
+    match fs::DirBuilder::new().mode(0o700).create(&dir.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuntimeError::Exists(opts.id.clone()))
+        }
+        Err(e) => {
+            return Err(RuntimeError::io(format!("create {}", dir.path.display()))(
+                e,
+            ))
+        }
+    }
+    let result = spawn(opts, &bundle, &dir);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&dir.path);
+    }
+    result
+}
+
+fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Saved, RuntimeError> {
+    let fifo_path = dir.fifo();
+    nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
+        .map_err(RuntimeError::sys("create the exec FIFO"))?;
+    let fifo = nix::fcntl::open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(RuntimeError::sys("open the exec FIFO"))?;
+    let (read, write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RuntimeError::sys("create the sync pipe"))?;
+
+    // SAFETY: the runtime path is single-threaded (see the module docs of
+    // `runtime`), so the child may run arbitrary code before it execs.
+    let intermediate_pid = match unsafe { fork() }.map_err(RuntimeError::sys("fork"))? {
+        ForkResult::Child => {
+            drop(read);
+            intermediate(bundle, &fifo, &write, opts.preserve_fds)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(write);
+    drop(fifo);
+
+    let mut init: Option<Pid> = None;
+    let mut outcome: Result<(), String> = Err("the container init exited during set-up".into());
+    for line in BufReader::new(fs::File::from(read)).lines() {
+        let Ok(line) = line else { break };
+        if let Some(pid) = line.strip_prefix("pid:") {
+            init = pid.parse().ok().map(Pid::from_raw);
+        } else if line == "ready" {
+            outcome = Ok(());
+            break;
+        } else if let Some(reason) = line.strip_prefix("error:") {
+            outcome = Err(reason.to_owned());
+            break;
+        }
+    }
+    let _ = waitpid(intermediate_pid, None);
+    let fail = |reason: String| {
+        if let Some(pid) = init {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        RuntimeError::Init {
+            id: opts.id.clone(),
+            reason,
+        }
+    };
+    outcome.map_err(fail)?;
+    let pid = init.ok_or_else(|| fail("the init's pid was never reported".into()))?;
+    let (start, _) = proc_stat(pid.as_raw()).ok_or_else(|| fail("the init vanished".into()))?;
+    let saved = Saved {
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        pid_start_time: start,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+    };
+    dir.save(&saved).inspect_err(|_| {
+        let _ = kill(pid, Signal::SIGKILL);
+    })?;
+    if let Some(pid_file) = &opts.pid_file {
+        let tmp = pid_file.with_extension("tmp");
+        fs::write(&tmp, pid.to_string())
+            .and_then(|()| fs::rename(&tmp, pid_file))
+            .map_err(RuntimeError::io(format!("write {}", pid_file.display())))?;
+    }
+    Ok(saved)
+}

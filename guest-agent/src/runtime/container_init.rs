@@ -1,0 +1,252 @@
+//! The container's init process between fork and exec: it builds the
+//! container's world, reports "ready" to `create`, waits for `start` on the
+//! exec FIFO, and execs the user's program.
+//!
+//! It runs in a child of a single-threaded process, so ordinary Rust code
+//! (allocation included) is safe here. It never returns: it execs, or
+//! reports an error on the sync pipe and exits.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use super::rootfs;
+use super::spec::Bundle;
+use super::RuntimeError;
+
+/// The PATH used to find the program when the spec's env has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the init process is handed by `create`.
+pub(crate) struct InitContext<'a> {
+    pub bundle: &'a Bundle,
+    /// The exec FIFO, opened with O_PATH before the rootfs hides it.
+    pub fifo: RawFd,
+    /// The write end of the pipe to `create`.
+    pub sync: RawFd,
+    /// Descriptors above 2 to pass to the program (`--preserve-fds`).
+    pub preserve_fds: i32,
+}
+
+/// Runs the init process; exits the process on error.
+pub(crate) fn run(ctx: InitContext<'_>) -> ! {
+    let sync = ctx.sync;
+    let err = match setup(ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    send(sync, &format!("error:{err}"));
+    // SAFETY: _exit ends this forked child without running the parent's
+    // atexit handlers or flushing its copied stdio buffers.
+    unsafe { nix::libc::_exit(1) }
+}
+
+/// Writes one message line to the sync pipe.
+pub(crate) fn send(fd: RawFd, message: &str) {
+    // SAFETY: `fd` is the pipe's write end, open in this process; ManuallyDrop
+    // keeps this temporary File from closing it.
+    let mut pipe = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(fd) });
+    let line = format!("{}\n", message.replace('\n', " "));
+    let _ = pipe.write_all(line.as_bytes());
+}
+
+fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
+    let spec = &ctx.bundle.spec;
+    let process = spec.process().as_ref().ok_or_else(|| RuntimeError::Init {
+        id: String::new(),
+        reason: "no process in spec".into(),
+    })?;
+    rootfs::prepare(&ctx.bundle.dir, &ctx.bundle.rootfs, spec)?;
+
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    if let Some(hostname) = spec.hostname() {
+        if namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Uts)
+        {
+            nix::unistd::sethostname(hostname).map_err(RuntimeError::sys("set the hostname"))?;
+        }
+    }
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        for (key, value) in sysctl {
+            let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+            fs::write(&path, value).map_err(RuntimeError::io(format!("set sysctl {key}")))?;
+        }
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(RuntimeError::io("set oom_score_adj"))?;
+    }
+    set_rlimits(process)?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().map_err(RuntimeError::sys("set no_new_privs"))?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(RuntimeError::sys(format!("enter cwd {}", cwd.display())))?;
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let args: Vec<String> = process.args().clone().unwrap_or_default();
+    let program = find_program(&args[0], &env)?;
+    set_user(process)?;
+
+    let to_c = |s: &str| {
+        CString::new(s).map_err(|_| RuntimeError::Io {
+            action: format!("use {s:?} as an argument"),
+            source: std::io::Error::other("it contains a NUL byte"),
+        })
+    };
+    let c_program =
+        CString::new(program.as_os_str().as_encoded_bytes()).map_err(|_| RuntimeError::Io {
+            action: "use the program path".into(),
+            source: std::io::Error::other("it contains a NUL byte"),
+        })?;
+    let c_args = args
+        .iter()
+        .map(|a| to_c(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c_env = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
+
+    send(ctx.sync, "ready");
+    // Blocks until `start` opens the FIFO for reading.
+    let fifo_path = format!("/proc/self/fd/{}", ctx.fifo);
+    let fifo = nix::fcntl::open(
+        fifo_path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(RuntimeError::sys(
+        "wait for start on the exec FIFO (is /proc mounted?)",
+    ))?;
+    nix::unistd::write(&fifo, b"0").map_err(RuntimeError::sys("answer start"))?;
+
+    close_fds_on_exec(3 + ctx.preserve_fds)?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(RuntimeError::sys("unblock signals"))?;
+    let err = nix::unistd::execve(&c_program, &c_args, &c_env).unwrap_err();
+    Err(RuntimeError::sys(format!("exec {}", program.display()))(
+        err,
+    ))
+}
+
+/// Finds `name` on the PATH of the container's environment.
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, RuntimeError> {
+    let not_found = || RuntimeError::Io {
+        action: format!("find the program {name:?} in the container"),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    };
+    if name.contains('/') {
+        return Path::new(name)
+            .exists()
+            .then(|| PathBuf::from(name))
+            .ok_or_else(not_found);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
+                && p.metadata().is_ok_and(|m| m.is_file())
+        })
+        .ok_or_else(not_found)
+}
+
+fn set_rlimits(process: &Process) -> Result<(), RuntimeError> {
+    for limit in process.rlimits().as_deref().unwrap_or_default() {
+        let name = format!("{:?}", limit.typ()).to_uppercase();
+        let Some(resource) = resource_of(&name) else {
+            return Err(RuntimeError::Io {
+                action: format!("set rlimit {name}"),
+                source: std::io::Error::other("unknown resource"),
+            });
+        };
+        nix::sys::resource::setrlimit(resource, limit.soft(), limit.hard()).map_err(|e| {
+            let hint = if e == nix::errno::Errno::EPERM {
+                " (raising a hard limit needs CAP_SYS_RESOURCE, which this host denies)"
+            } else {
+                ""
+            };
+            RuntimeError::Sys {
+                action: format!(
+                    "set rlimit {name} to {}/{}{hint}",
+                    limit.soft(),
+                    limit.hard()
+                ),
+                source: e,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn resource_of(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name.trim_start_matches("RLIMIT_") {
+        "AS" => R::RLIMIT_AS,
+        "CORE" => R::RLIMIT_CORE,
+        "CPU" => R::RLIMIT_CPU,
+        "DATA" => R::RLIMIT_DATA,
+        "FSIZE" => R::RLIMIT_FSIZE,
+        "LOCKS" => R::RLIMIT_LOCKS,
+        "MEMLOCK" => R::RLIMIT_MEMLOCK,
+        "MSGQUEUE" => R::RLIMIT_MSGQUEUE,
+        "NICE" => R::RLIMIT_NICE,
+        "NOFILE" => R::RLIMIT_NOFILE,
+        "NPROC" => R::RLIMIT_NPROC,
+        "RSS" => R::RLIMIT_RSS,
+        "RTPRIO" => R::RLIMIT_RTPRIO,
+        "RTTIME" => R::RLIMIT_RTTIME,
+        "SIGPENDING" => R::RLIMIT_SIGPENDING,
+        "STACK" => R::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+fn set_user(process: &Process) -> Result<(), RuntimeError> {
+    let user = process.user();
+    let gids: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(RuntimeError::sys("set additional groups"))?;
+    let gid = Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(RuntimeError::sys(format!("set gid {gid}")))?;
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(RuntimeError::sys(format!("set uid {uid}")))
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so nothing of
+/// the runtime leaks into the container.
+fn close_fds_on_exec(first: i32) -> Result<(), RuntimeError> {
+    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")
+        .map_err(RuntimeError::io("list open descriptors"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: borrowing for the fcntl call only; the descriptor stays
+        // owned by whoever opened it (it is closed by exec, as intended).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // The descriptor used to list /proc/self/fd is already closed: EBADF.
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+    Ok(())
+}

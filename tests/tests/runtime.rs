@@ -1,0 +1,246 @@
+//! `berth-agent runtime` on real bundles (busybox from Debian), with the
+//! same bundle run under Debian's `runc` to show that the outputs agree.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::{bin, require_root, BusyboxBundle};
+
+/// A runtime state root of the test's own.
+fn state_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rt")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// Runs `berth-agent runtime --root ROOT ARGS`. Its output goes through
+/// files, not pipes: a created container inherits the runtime's stdio and
+/// would hold a pipe open long after the runtime has exited.
+fn runtime(root: &Path, args: &[&str]) -> Output {
+    let stdout = tempfile::tempfile().unwrap();
+    let stderr = tempfile::tempfile().unwrap();
+    let status = Command::new(bin("berth-agent"))
+        .arg("runtime")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut buf = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut buf).unwrap();
+        buf
+    };
+    Output {
+        status,
+        stdout: read(stdout),
+        stderr: read(stderr),
+    }
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(root: &Path, id: &str) -> String {
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(runtime(root, &["state", id]))).unwrap();
+    state["status"].as_str().unwrap().to_owned()
+}
+
+const PROBE: &str = "echo pid=$$; hostname; ls /sys/class/net; \
+    grep -c . /proc/self/mountinfo; ls /proc/self/fd; id -u";
+
+#[test]
+fn isolation_matches_runc() {
+    require_root();
+    let bundle = BusyboxBundle::new(&["sh", "-c", PROBE], |_| {});
+    let root = state_root();
+    let ours = ok(runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "probe"],
+    ));
+    let lines: Vec<&str> = ours.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{ours}");
+    assert_eq!(lines[1], "berthbox");
+    assert_eq!(lines[2], "lo", "only the loopback interface: {ours}");
+    // Only the container's own mounts, none of the host's.
+    let mounts: usize = lines[3].parse().unwrap();
+    let host: usize = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(mounts < 15 && mounts < host, "{mounts} mounts inside");
+    // 0, 1, 2 and the descriptor ls uses to read the directory: nothing leaked.
+    assert_eq!(&lines[4..8], ["0", "1", "2", "3"], "{ours}");
+    assert_eq!(lines[8], "0");
+    assert!(
+        !root.path().join("probe").exists(),
+        "run deletes the container"
+    );
+
+    let runc_root = state_root();
+    let theirs = Command::new("runc")
+        .arg("--root")
+        .arg(runc_root.path())
+        .args(["run", "-b", bundle.path().to_str().unwrap(), "probe"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ours, ok(theirs), "berth and runc disagree");
+}
+
+#[test]
+fn exit_codes_and_signals_come_back() {
+    require_root();
+    let root = state_root();
+    let exit3 = BusyboxBundle::new(&["sh", "-c", "exit 3"], |_| {});
+    let out = runtime(
+        root.path(),
+        &["run", "-b", exit3.path().to_str().unwrap(), "e3"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+
+    // A foreground run killed from outside reports 128+9.
+    let sleeper = BusyboxBundle::new(&["sleep", "1000"], |_| {});
+    let mut run = Command::new(bin("berth-agent"))
+        .arg("runtime")
+        .arg("--root")
+        .arg(root.path())
+        .args(["run", "-b", sleeper.path().to_str().unwrap(), "sl"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime(root.path(), &["state", "sl"]).status.code() != Some(0)
+        || status(root.path(), "sl") != "running"
+    {
+        assert!(Instant::now() < deadline, "container never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(runtime(root.path(), &["kill", "sl", "KILL"]));
+    assert_eq!(run.wait().unwrap().code(), Some(137));
+}
+
+#[test]
+fn create_start_state_kill_delete() {
+    require_root();
+    let root = state_root();
+    let bundle = BusyboxBundle::new(&["sleep", "1000"], |_| {});
+    let b = bundle.path().to_str().unwrap();
+    let pid_file = root.path().join("pid");
+    ok(runtime(
+        root.path(),
+        &[
+            "create",
+            "-b",
+            b,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ],
+    ));
+    assert_eq!(status(root.path(), "c1"), "created");
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(runtime(root.path(), &["state", "c1"]))).unwrap();
+    assert_eq!(state["id"], "c1");
+    assert_eq!(state["bundle"], b);
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+
+    let dup = runtime(root.path(), &["create", "-b", b, "c1"]);
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    assert!(!dup.status.success());
+
+    ok(runtime(root.path(), &["start", "c1"]));
+    assert_eq!(status(root.path(), "c1"), "running");
+    let again = runtime(root.path(), &["start", "c1"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("it is running"));
+    assert_eq!(ok(runtime(root.path(), &["list", "-q"])), "c1\n");
+
+    let refused = runtime(root.path(), &["delete", "c1"]);
+    assert!(!refused.status.success());
+    ok(runtime(root.path(), &["kill", "c1", "9"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(root.path(), "c1") != "stopped" {
+        assert!(Instant::now() < deadline, "never stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(runtime(root.path(), &["delete", "c1"]));
+    assert_eq!(ok(runtime(root.path(), &["list", "-q"])), "");
+    let gone = runtime(root.path(), &["state", "c1"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"));
+
+    // delete --force takes a running container down.
+    ok(runtime(root.path(), &["run", "-d", "-b", b, "c2"]));
+    assert_eq!(status(root.path(), "c2"), "running");
+    ok(runtime(root.path(), &["delete", "--force", "c2"]));
+    assert_eq!(ok(runtime(root.path(), &["list", "-q"])), "");
+}
+
+#[test]
+fn read_only_rootfs_refuses_writes() {
+    require_root();
+    let root = state_root();
+    let bundle = BusyboxBundle::new(
+        &["sh", "-c", "touch /x 2>&1; echo rc=$?; touch /tmp/y"],
+        |c| {
+            c["root"]["readonly"] = true.into();
+        },
+    );
+    let out = runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "ro"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Read-only file system"), "{stdout}");
+    assert!(stdout.contains("rc=1"), "{stdout}");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!bundle.path().join("rootfs/x").exists());
+}
+
+#[test]
+fn bad_bundles_are_refused_clearly() {
+    require_root();
+    let root = state_root();
+    let empty = tempfile::tempdir().unwrap();
+    let out = runtime(
+        root.path(),
+        &["create", "-b", empty.path().to_str().unwrap(), "x"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bundle"));
+
+    let bundle = BusyboxBundle::new(&["no-such-program"], |_| {});
+    let out = runtime(
+        root.path(),
+        &["create", "-b", bundle.path().to_str().unwrap(), "x"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-program"), "{stderr}");
+    assert!(
+        !root.path().join("x").exists(),
+        "a failed create leaves nothing"
+    );
+
+    let out = runtime(
+        root.path(),
+        &["create", "-b", bundle.path().to_str().unwrap(), "../x"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid container id"));
+}
