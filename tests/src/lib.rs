@@ -218,10 +218,9 @@ impl BusyboxBundle {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-        let out = Command::new(rootfs.join("bin/busybox"))
-            .arg("--list")
-            .output()
-            .unwrap();
+        // Ask the original: the fresh copy may be open for writing in a
+        // child another test thread is forking (ETXTBSY).
+        let out = Command::new(busybox).arg("--list").output().unwrap();
         for applet in String::from_utf8_lossy(&out.stdout).lines() {
             if applet != "busybox" {
                 std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();

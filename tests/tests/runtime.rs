@@ -244,3 +244,148 @@ fn bad_bundles_are_refused_clearly() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid container id"));
 }
+
+/// The host-side directory of a container's cgroup for `controller`.
+fn cgroup_dir(controller: &str, id: &str) -> std::path::PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        root.join("berth").join(id)
+    } else {
+        root.join(controller).join("berth").join(id)
+    }
+}
+
+#[test]
+fn a_memory_limit_oom_kills() {
+    require_root();
+    let root = state_root();
+    // dd fills a 64 MiB buffer: fine without a limit, fatal under 16 MiB.
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo dd=$?";
+    let limited = BusyboxBundle::new(&["sh", "-c", script], |c| {
+        c["linux"]["resources"] =
+            serde_json::json!({"memory": {"limit": 16 << 20, "swap": 16 << 20}});
+    });
+    let out = runtime(
+        root.path(),
+        &["run", "-b", limited.path().to_str().unwrap(), "oom"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "dd=137\n",
+        "OOM-killed"
+    );
+    let free = BusyboxBundle::new(&["sh", "-c", script], |_| {});
+    let out = runtime(
+        root.path(),
+        &["run", "-b", free.path().to_str().unwrap(), "free"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dd=0\n");
+    assert!(
+        !cgroup_dir("memory", "oom").exists(),
+        "cgroup removed on delete"
+    );
+}
+
+#[test]
+fn a_pids_limit_stops_a_fork_bomb() {
+    require_root();
+    let root = state_root();
+    // The bomb runs in a child shell, which dies at its first failed fork;
+    // the processes are counted by a glob, which needs no fork.
+    let script = "sh -c 'i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done' 2>/dev/null; \
+                  set -- /proc/[0-9]*; echo $#";
+    let limited = BusyboxBundle::new(&["sh", "-c", script], |c| {
+        c["linux"]["resources"] = serde_json::json!({"pids": {"limit": 10}});
+    });
+    let out = runtime(
+        root.path(),
+        &["run", "-b", limited.path().to_str().unwrap(), "bomb"],
+    );
+    let count: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(count <= 10, "{count} processes under pids.max=10");
+    let free = BusyboxBundle::new(&["sh", "-c", script], |_| {});
+    let out = runtime(
+        root.path(),
+        &["run", "-b", free.path().to_str().unwrap(), "nobomb"],
+    );
+    let count: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(count > 40, "{count} processes without a limit");
+}
+
+#[test]
+fn a_cpu_quota_throttles() {
+    require_root();
+    let root = state_root();
+    let bundle = BusyboxBundle::new(&["sh", "-c", "while :; do :; done"], |c| {
+        c["linux"]["resources"] = serde_json::json!({"cpu": {"quota": 10000, "period": 100000}});
+    });
+    ok(runtime(
+        root.path(),
+        &["run", "-d", "-b", bundle.path().to_str().unwrap(), "spin"],
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat = std::fs::read_to_string(cgroup_dir("cpu", "spin").join("cpu.stat")).unwrap();
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    ok(runtime(root.path(), &["delete", "-f", "spin"]));
+    assert!(throttled > 0, "never throttled: {stat}");
+    assert!(!cgroup_dir("cpu", "spin").exists());
+}
+
+#[test]
+fn rlimits_apply_or_fail_clearly() {
+    require_root();
+    let root = state_root();
+    let current: u64 = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let wanted = current + 1;
+    // Whether this host lets root raise a hard limit (ours does not).
+    let host_allows = Command::new("sh")
+        .args(["-c", &format!("ulimit -Hn {wanted}")])
+        .status()
+        .unwrap()
+        .success();
+    let bundle = BusyboxBundle::new(&["sh", "-c", "ulimit -Hn; ulimit -Sn"], |c| {
+        c["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "hard": wanted, "soft": 512}
+        ]);
+    });
+    let out = runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "rl"],
+    );
+    if host_allows {
+        assert_eq!(ok(out), format!("{wanted}\n512\n"));
+    } else {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("set rlimit RLIMIT_NOFILE to 512/"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("CAP_SYS_RESOURCE"), "{stderr}");
+    }
+    // A limit within the hard one applies wherever.
+    let bundle = BusyboxBundle::new(&["sh", "-c", "ulimit -Sn"], |c| {
+        c["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "hard": current, "soft": 256}
+        ]);
+    });
+    let out = runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "rl2"],
+    );
+    assert_eq!(ok(out), "256\n");
+}

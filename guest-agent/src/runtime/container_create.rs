@@ -14,6 +14,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::LinuxNamespaceType;
 
+use super::cgroups::{self, Cgroup, Limits};
 use super::container_init::{self, send, InitContext};
 use super::spec::{validate_id, Bundle};
 use super::state::{proc_stat, ContainerDir, Saved};
@@ -60,8 +61,13 @@ fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
             None => new |= flag,
         }
     }
-    // The rootfs is always set up in a mount namespace of the container's own.
-    (new | CloneFlags::CLONE_NEWNS, join)
+    // The rootfs is always set up in a mount namespace of the container's
+    // own. A new cgroup namespace is made by the init itself, once it is in
+    // its cgroup, so that the cgroup is the namespace's root.
+    (
+        (new | CloneFlags::CLONE_NEWNS) - CloneFlags::CLONE_NEWCGROUP,
+        join,
+    )
 }
 
 /// The intermediate child: enters the namespaces, forks the init (PID 1
@@ -128,14 +134,33 @@ pub fn create(opts: &CreateOptions) -> Result<Saved, RuntimeError> {
             ))
         }
     }
-    let result = spawn(opts, &bundle, &dir);
+    let linux = bundle.spec.linux().as_ref();
+    let cgroup_path = linux
+        .and_then(|l| l.cgroups_path().clone())
+        .unwrap_or_else(|| cgroups::default_path(&opts.id));
+    let result = Cgroup::new(&cgroup_path).and_then(|cgroup| {
+        let limits = Limits::from_spec(linux.and_then(|l| l.resources().as_ref()));
+        let made = cgroup
+            .create(&limits)
+            .and_then(|()| spawn(opts, &bundle, &dir, &cgroup, &cgroup_path));
+        if made.is_err() {
+            let _ = cgroup.remove();
+        }
+        made
+    });
     if result.is_err() {
         let _ = fs::remove_dir_all(&dir.path);
     }
     result
 }
 
-fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Saved, RuntimeError> {
+fn spawn(
+    opts: &CreateOptions,
+    bundle: &Bundle,
+    dir: &ContainerDir,
+    cgroup: &Cgroup,
+    cgroup_path: &std::path::Path,
+) -> Result<Saved, RuntimeError> {
     let fifo_path = dir.fifo();
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(RuntimeError::sys("create the exec FIFO"))?;
@@ -162,6 +187,13 @@ fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Sa
         let Ok(line) = line else { break };
         if let Some(pid) = line.strip_prefix("pid:") {
             init = pid.parse().ok().map(Pid::from_raw);
+            // Into the cgroup before the init can run anything of the user's.
+            if let Some(pid) = init {
+                if let Err(e) = cgroup.add(pid.as_raw()) {
+                    outcome = Err(e.to_string());
+                    break;
+                }
+            }
         } else if line == "ready" {
             outcome = Ok(());
             break;
@@ -174,6 +206,7 @@ fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Sa
     let fail = |reason: String| {
         if let Some(pid) = init {
             let _ = kill(pid, Signal::SIGKILL);
+            wait_gone(pid);
         }
         RuntimeError::Init {
             id: opts.id.clone(),
@@ -191,6 +224,7 @@ fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Sa
         rootfs: bundle.rootfs.clone(),
         created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        cgroup_path: cgroup_path.to_owned(),
     };
     dir.save(&saved).inspect_err(|_| {
         let _ = kill(pid, Signal::SIGKILL);
@@ -202,4 +236,14 @@ fn spawn(opts: &CreateOptions, bundle: &Bundle, dir: &ContainerDir) -> Result<Sa
             .map_err(RuntimeError::io(format!("write {}", pid_file.display())))?;
     }
     Ok(saved)
+}
+
+/// Waits briefly for a killed init to be gone, so its cgroup can go too.
+fn wait_gone(pid: Pid) {
+    for _ in 0..100 {
+        if proc_stat(pid.as_raw()).is_none_or(|(_, state)| state == 'Z') {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::cgroups::Cgroup;
 use super::state::{alive, ContainerDir, Status};
 use super::RuntimeError;
 
@@ -37,6 +38,12 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    // Whatever the init left running in its cgroup goes with it.
+    let cgroup = Cgroup::new(&saved.cgroup_path)?;
+    for pid in cgroup.pids() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    cgroup.remove()?;
     std::fs::remove_dir_all(&dir.path)
         .map_err(RuntimeError::io(format!("remove {}", dir.path.display())))
 }

@@ -131,6 +131,14 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
     ))?;
     nix::unistd::write(&fifo, b"0").map_err(RuntimeError::sys("answer start"))?;
 
+    // `create` has put us in our cgroup by now: make it our namespace's root.
+    if namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+    {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(RuntimeError::sys("create the cgroup namespace"))?;
+    }
     close_fds_on_exec(3 + ctx.preserve_fds)?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(RuntimeError::sys("unblock signals"))?;
@@ -168,7 +176,11 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf, RuntimeError> {
 
 fn set_rlimits(process: &Process) -> Result<(), RuntimeError> {
     for limit in process.rlimits().as_deref().unwrap_or_default() {
-        let name = format!("{:?}", limit.typ()).to_uppercase();
+        // The spec's own spelling, e.g. "RLIMIT_NOFILE".
+        let name = serde_json::to_value(limit.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let Some(resource) = resource_of(&name) else {
             return Err(RuntimeError::Io {
                 action: format!("set rlimit {name}"),
@@ -177,7 +189,7 @@ fn set_rlimits(process: &Process) -> Result<(), RuntimeError> {
         };
         nix::sys::resource::setrlimit(resource, limit.soft(), limit.hard()).map_err(|e| {
             let hint = if e == nix::errno::Errno::EPERM {
-                " (raising a hard limit needs CAP_SYS_RESOURCE, which this host denies)"
+                " (raising a hard limit needs CAP_SYS_RESOURCE, which the runtime does not have here)"
             } else {
                 ""
             };

@@ -18,14 +18,16 @@
 //! - [`spec`] — reading and checking `config.json`.
 //! - [`state`] — a container's durable state under `--root`, and its status.
 //! - [`rootfs`] — mounts, devices and `pivot_root`, never writing outside the rootfs.
+//! - [`cgroups`] — resource limits, v2 and v1 behind one interface.
 //! - [`container_create`], [`container_start`], [`container_kill`],
 //!   [`container_delete`], [`container_run`] — the verbs.
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
 //!
-//! Not here yet: cgroups, capabilities, seccomp, user namespaces, hooks,
+//! Not here yet: capabilities, seccomp, user namespaces, hooks,
 //! consoles, `exec` and `ps` (see the README).
 
+pub mod cgroups;
 pub mod cli;
 pub mod container_create;
 pub mod container_delete;

@@ -61,6 +61,8 @@ pub struct Saved {
     /// The spec's annotations.
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// The container's cgroup, relative to the hierarchy roots.
+    pub cgroup_path: PathBuf,
 }
 
 /// The `state` output, the same JSON as runc's.

@@ -1,0 +1,169 @@
+//! cgroups: a container's resource limits, behind one interface for the
+//! unified hierarchy (v2, as in our guest) and the per-controller v1
+//! hierarchies of hybrid hosts (as on our CI machines).
+//!
+//! A container's cgroup is `linux.cgroupsPath` from its spec, or
+//! `/berth/<id>`, below the root of each hierarchy. It is made and limited
+//! before the container's program runs, and removed on delete.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+
+use super::RuntimeError;
+
+mod v1;
+mod v2;
+
+/// Where the cgroup file systems are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The limits Berth applies, in runtime-spec units, whichever version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory plus swap limit in bytes (the spec's `memory.swap`).
+    pub memory_swap: Option<i64>,
+    /// Maximum number of tasks.
+    pub pids: Option<i64>,
+    /// CPU quota per period, in microseconds.
+    pub cpu_quota: Option<i64>,
+    /// CPU period, in microseconds.
+    pub cpu_period: Option<u64>,
+    /// Relative CPU weight as v1 shares (2–262144).
+    pub cpu_shares: Option<u64>,
+    /// CPUs the container may run on ("0-3,5").
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes it may use.
+    pub cpuset_mems: Option<String>,
+    /// Relative block I/O weight (10–1000).
+    pub blkio_weight: Option<u16>,
+}
+
+impl Limits {
+    /// The limits in a spec's `linux.resources`.
+    pub fn from_spec(resources: Option<&LinuxResources>) -> Self {
+        let Some(r) = resources else {
+            return Limits::default();
+        };
+        let memory = r.memory().as_ref();
+        let cpu = r.cpu().as_ref();
+        Limits {
+            memory: memory.and_then(|m| m.limit()),
+            memory_swap: memory.and_then(|m| m.swap()),
+            pids: r.pids().as_ref().map(|p| p.limit()),
+            cpu_quota: cpu.and_then(|c| c.quota()),
+            cpu_period: cpu.and_then(|c| c.period()),
+            cpu_shares: cpu.and_then(|c| c.shares()),
+            cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
+            cpuset_mems: cpu.and_then(|c| c.mems().clone()),
+            blkio_weight: r.block_io().as_ref().and_then(|b| b.weight()),
+        }
+    }
+}
+
+/// One container's cgroup, in whichever hierarchy the host has.
+#[derive(Debug, Clone)]
+pub enum Cgroup {
+    /// The unified hierarchy: one directory.
+    V2(v2::CgroupV2),
+    /// One directory per v1 controller.
+    V1(v1::CgroupV1),
+}
+
+impl Cgroup {
+    /// The cgroup at `path` (relative to the hierarchy roots) on this host.
+    pub fn new(path: &Path) -> Result<Self, RuntimeError> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        if relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(RuntimeError::Io {
+                action: format!("use cgroup path {}", path.display()),
+                source: std::io::Error::other("it must not contain '..'"),
+            });
+        }
+        let root = Path::new(CGROUP_ROOT);
+        if root.join("cgroup.controllers").exists() {
+            Ok(Cgroup::V2(v2::CgroupV2::new(root.join(relative))))
+        } else {
+            Ok(Cgroup::V1(v1::CgroupV1::new(root, relative)?))
+        }
+    }
+
+    /// Creates the cgroup and applies `limits`.
+    pub fn create(&self, limits: &Limits) -> Result<(), RuntimeError> {
+        match self {
+            Cgroup::V2(c) => c.create(limits),
+            Cgroup::V1(c) => c.create(limits),
+        }
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), RuntimeError> {
+        match self {
+            Cgroup::V2(c) => c.add(pid),
+            Cgroup::V1(c) => c.add(pid),
+        }
+    }
+
+    /// Removes the cgroup; its processes must have exited.
+    pub fn remove(&self) -> Result<(), RuntimeError> {
+        match self {
+            Cgroup::V2(c) => c.remove(),
+            Cgroup::V1(c) => c.remove(),
+        }
+    }
+
+    /// The processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let procs = match self {
+            Cgroup::V2(c) => c.dir().join("cgroup.procs"),
+            Cgroup::V1(c) => c.any_dir().join("cgroup.procs"),
+        };
+        fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// Writes `value` to the control file `dir/file`.
+fn write(dir: &Path, file: &str, value: &str) -> Result<(), RuntimeError> {
+    let path = dir.join(file);
+    fs::write(&path, value).map_err(RuntimeError::io(format!(
+        "write {value:?} to {}",
+        path.display()
+    )))
+}
+
+/// Creates `dir` and its parents.
+fn make_dir(dir: &Path) -> Result<(), RuntimeError> {
+    fs::create_dir_all(dir).map_err(RuntimeError::io(format!("create cgroup {}", dir.display())))
+}
+
+/// Removes `dir`, retrying briefly: the kernel releases a cgroup a moment
+/// after its last process is reaped.
+fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if tries < 50 && e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(RuntimeError::io(format!("remove cgroup {}", dir.display()))(e)),
+        }
+    }
+}
+
+/// The default cgroup path of container `id`.
+pub fn default_path(id: &str) -> PathBuf {
+    PathBuf::from("/berth").join(id)
+}
