@@ -389,3 +389,85 @@ fn rlimits_apply_or_fail_clearly() {
     );
     assert_eq!(ok(out), "256\n");
 }
+
+/// runc's default capability set (`runc spec`): no CAP_SYS_ADMIN.
+const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+#[test]
+fn dropped_capabilities_are_gone_as_under_runc() {
+    require_root();
+    let script = "grep ^Cap /proc/self/status; hostname changed 2>&1; echo rc=$?";
+    let bundle = BusyboxBundle::new(&["sh", "-c", script], |c| {
+        let set = serde_json::json!(DEFAULT_CAPS);
+        c["process"]["capabilities"] = serde_json::json!({
+            "bounding": set, "effective": set, "permitted": set, "ambient": set
+        });
+    });
+    let root = state_root();
+    let ours = ok(runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "caps"],
+    ));
+    assert!(ours.contains("Operation not permitted"), "{ours}");
+    assert!(ours.contains("rc=1"), "{ours}");
+    let runc_root = state_root();
+    let theirs = Command::new("runc")
+        .arg("--root")
+        .arg(runc_root.path())
+        .args(["run", "-b", bundle.path().to_str().unwrap(), "caps"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ours, ok(theirs), "berth and runc disagree on capabilities");
+
+    // With CAP_SYS_ADMIN granted, the same call succeeds.
+    let bundle = BusyboxBundle::new(&["sh", "-c", "hostname changed && hostname"], |c| {
+        let mut caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+        caps.push("CAP_SYS_ADMIN");
+        let set = serde_json::json!(caps);
+        c["process"]["capabilities"] = serde_json::json!({
+            "bounding": set, "effective": set, "permitted": set
+        });
+    });
+    let out = ok(runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "admin"],
+    ));
+    assert_eq!(out, "changed\n");
+}
+
+#[test]
+fn the_container_cannot_overwrite_the_agent() {
+    require_root();
+    let agent = bin("berth-agent");
+    let before = std::fs::read(&agent).unwrap();
+    let script =
+        "for f in /proc/self/exe /proc/1/exe; do echo x > $f 2>/dev/null && echo wrote $f; done; \
+                  echo done";
+    let bundle = BusyboxBundle::new(&["sh", "-c", script], |_| {});
+    let root = state_root();
+    let out = ok(runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "exe"],
+    ));
+    assert_eq!(out, "done\n");
+    assert!(
+        std::fs::read(&agent).unwrap() == before,
+        "the agent binary changed"
+    );
+}

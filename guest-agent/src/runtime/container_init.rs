@@ -45,6 +45,9 @@ pub(crate) fn run(ctx: InitContext<'_>) -> ! {
         Err(e) => e,
     };
     send(sync, &format!("error:{err}"));
+    // After "ready", `create` has gone and only the container's stderr can
+    // still tell anyone.
+    let _ = writeln!(std::io::stderr(), "berth-agent: container init: {err}");
     // SAFETY: _exit ends this forked child without running the parent's
     // atexit handlers or flushing its copied stdio buffers.
     unsafe { nix::libc::_exit(1) }
@@ -99,7 +102,6 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: Vec<String> = process.args().clone().unwrap_or_default();
     let program = find_program(&args[0], &env)?;
-    set_user(process)?;
 
     let to_c = |s: &str| {
         CString::new(s).map_err(|_| RuntimeError::Io {
@@ -139,10 +141,20 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(RuntimeError::sys("create the cgroup namespace"))?;
     }
+    // Last, as it takes away the power to do all of the above. A spec
+    // without capabilities leaves them as they are, as runc does.
+    let with_caps = process.capabilities().is_some();
+    if with_caps {
+        drop_bounding_set(process)?;
+    }
+    set_user(process)?;
+    if with_caps {
+        set_capabilities(process)?;
+    }
     close_fds_on_exec(3 + ctx.preserve_fds)?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(RuntimeError::sys("unblock signals"))?;
-    let err = nix::unistd::execve(&c_program, &c_args, &c_env).unwrap_err();
+    let Err(err) = nix::unistd::execve(&c_program, &c_args, &c_env);
     Err(RuntimeError::sys(format!("exec {}", program.display()))(
         err,
     ))
@@ -227,6 +239,80 @@ fn resource_of(name: &str) -> Option<nix::sys::resource::Resource> {
         "STACK" => R::RLIMIT_STACK,
         _ => return None,
     })
+}
+
+/// The spec's capabilities in one set, as the `caps` crate names them.
+fn capability_set(
+    process: &Process,
+    pick: impl Fn(&oci_spec::runtime::LinuxCapabilities) -> Option<&oci_spec::runtime::Capabilities>,
+) -> Result<caps::CapsHashSet, RuntimeError> {
+    let mut set = caps::CapsHashSet::new();
+    let Some(wanted) = process.capabilities().as_ref().and_then(pick) else {
+        return Ok(set);
+    };
+    for cap in wanted {
+        // The spec's spelling, e.g. "CAP_NET_RAW".
+        let name = serde_json::to_value(cap)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match name.parse::<caps::Capability>() {
+            Ok(c) => {
+                set.insert(c);
+            }
+            // A capability this kernel build of `caps` does not know is
+            // one the process cannot hold anyway.
+            Err(_) => tracing::debug!(capability = %name, "unknown capability ignored"),
+        }
+    }
+    Ok(set)
+}
+
+fn caps_error(set: &str) -> impl FnOnce(caps::errors::CapsError) -> RuntimeError + '_ {
+    move |e| RuntimeError::Io {
+        action: format!("set the {set} capabilities"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Drops what is not in the bounding set, while still root and able to;
+/// keeps the permitted set across the switch to the container's user.
+fn drop_bounding_set(process: &Process) -> Result<(), RuntimeError> {
+    let bounding = capability_set(process, |c| c.bounding().as_ref())?;
+    for cap in caps::all() {
+        if !bounding.contains(&cap)
+            && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, caps::CapSet::Bounding, cap).map_err(caps_error("bounding"))?;
+        }
+    }
+    nix::sys::prctl::set_keepcaps(true)
+        .map_err(RuntimeError::sys("keep capabilities across setuid"))
+}
+
+/// Sets the effective, permitted, inheritable and ambient sets.
+fn set_capabilities(process: &Process) -> Result<(), RuntimeError> {
+    let effective = capability_set(process, |c| c.effective().as_ref())?;
+    let permitted = capability_set(process, |c| c.permitted().as_ref())?;
+    let inheritable = capability_set(process, |c| c.inheritable().as_ref())?;
+    let ambient = capability_set(process, |c| c.ambient().as_ref())?;
+    // Each capset(2) must keep effective within permitted: lower effective
+    // first, then permitted, then inheritable.
+    caps::set(None, caps::CapSet::Effective, &effective).map_err(caps_error("effective"))?;
+    caps::set(None, caps::CapSet::Permitted, &permitted).map_err(caps_error("permitted"))?;
+    caps::set(None, caps::CapSet::Inheritable, &inheritable).map_err(caps_error("inheritable"))?;
+    // The kernel raises an ambient capability only if it is both permitted
+    // and inheritable; like runc, leave out those that are not.
+    let raisable: caps::CapsHashSet = ambient
+        .iter()
+        .filter(|c| permitted.contains(c) && inheritable.contains(c))
+        .copied()
+        .collect();
+    if raisable.len() < ambient.len() {
+        tracing::debug!("ambient capabilities outside permitted ∩ inheritable left out");
+    }
+    caps::set(None, caps::CapSet::Ambient, &raisable).map_err(caps_error("ambient"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(RuntimeError::sys("reset keepcaps"))
 }
 
 fn set_user(process: &Process) -> Result<(), RuntimeError> {

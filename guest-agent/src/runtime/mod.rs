@@ -24,7 +24,7 @@
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
 //!
-//! Not here yet: capabilities, seccomp, user namespaces, hooks,
+//! Not here yet: seccomp, user namespaces, hooks,
 //! consoles, `exec` and `ps` (see the README).
 
 pub mod cgroups;
