@@ -471,3 +471,20 @@ fn the_container_cannot_overwrite_the_agent() {
         "the agent binary changed"
     );
 }
+
+#[test]
+fn many_short_containers_all_report_their_init() {
+    // The init's pid and its "ready" arrive on one pipe in either order;
+    // a quick container makes both orders happen (a race found by the bench).
+    require_root();
+    let root = state_root();
+    let bundle = BusyboxBundle::new(&["true"], |_| {});
+    for i in 0..150 {
+        let id = format!("q{i}");
+        ok(runtime(
+            root.path(),
+            &["run", "-b", bundle.path().to_str().unwrap(), &id],
+        ));
+    }
+    assert_eq!(ok(runtime(root.path(), &["list", "-q"])), "");
+}

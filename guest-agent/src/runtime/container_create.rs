@@ -181,8 +181,12 @@ fn spawn(
     drop(write);
     drop(fifo);
 
+    // The intermediate reports the init's pid and the init reports how its
+    // set-up ended, on one pipe, in either order: read until both are in,
+    // or until every writer is gone.
     let mut init: Option<Pid> = None;
-    let mut outcome: Result<(), String> = Err("the container init exited during set-up".into());
+    let mut ready = false;
+    let mut error: Option<String> = None;
     for line in BufReader::new(fs::File::from(read)).lines() {
         let Ok(line) = line else { break };
         if let Some(pid) = line.strip_prefix("pid:") {
@@ -190,18 +194,23 @@ fn spawn(
             // Into the cgroup before the init can run anything of the user's.
             if let Some(pid) = init {
                 if let Err(e) = cgroup.add(pid.as_raw()) {
-                    outcome = Err(e.to_string());
-                    break;
+                    error.get_or_insert(e.to_string());
                 }
             }
         } else if line == "ready" {
-            outcome = Ok(());
-            break;
+            ready = true;
         } else if let Some(reason) = line.strip_prefix("error:") {
-            outcome = Err(reason.to_owned());
+            error.get_or_insert(reason.to_owned());
+        }
+        if init.is_some() && (ready || error.is_some()) {
             break;
         }
     }
+    let outcome = match (error, ready) {
+        (Some(reason), _) => Err(reason),
+        (None, true) => Ok(()),
+        (None, false) => Err("the container init exited during set-up".to_owned()),
+    };
     let _ = waitpid(intermediate_pid, None);
     let fail = |reason: String| {
         if let Some(pid) = init {
