@@ -488,3 +488,39 @@ fn many_short_containers_all_report_their_init() {
     }
     assert_eq!(ok(runtime(root.path(), &["list", "-q"])), "");
 }
+
+#[test]
+fn a_seccomp_profile_blocks_what_it_names_as_under_runc() {
+    require_root();
+    let script = "mkdir /tmp/blocked 2>&1; echo mkdir=$?; touch /tmp/allowed && echo touch=$?; \
+                  grep ^Seccomp: /proc/self/status";
+    let bundle = BusyboxBundle::new(&["sh", "-c", script], |c| {
+        c["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["not_a_syscall_anywhere"], "action": "SCMP_ACT_KILL"}
+            ]
+        });
+    });
+    let root = state_root();
+    let ours = ok(runtime(
+        root.path(),
+        &["run", "-b", bundle.path().to_str().unwrap(), "sc"],
+    ));
+    assert!(ours.contains("Operation not permitted"), "{ours}");
+    assert!(ours.contains("mkdir=1"), "{ours}");
+    assert!(ours.contains("touch=0"), "{ours}");
+    assert!(ours.contains("Seccomp:\t2"), "filter mode: {ours}");
+    assert!(!bundle.path().join("rootfs/tmp/blocked").exists());
+    let runc_root = state_root();
+    let theirs = Command::new("runc")
+        .arg("--root")
+        .arg(runc_root.path())
+        .args(["run", "-b", bundle.path().to_str().unwrap(), "sc"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ours, ok(theirs), "berth and runc disagree on seccomp");
+}

@@ -19,9 +19,9 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
-use super::rootfs;
 use super::spec::Bundle;
 use super::RuntimeError;
+use super::{rootfs, seccomp};
 
 /// The PATH used to find the program when the spec's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -120,6 +120,13 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
         .collect::<Result<Vec<_>, _>>()?;
     let c_env = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
 
+    // Compiled now, so that a bad profile fails `create`.
+    let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+
     send(ctx.sync, "ready");
     // Blocks until `start` opens the FIFO for reading.
     let fifo_path = format!("/proc/self/fd/{}", ctx.fifo);
@@ -144,12 +151,22 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
     // Last, as it takes away the power to do all of the above. A spec
     // without capabilities leaves them as they are, as runc does.
     let with_caps = process.capabilities().is_some();
+    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN, which
+    // the capabilities below may drop: install it first then, as runc does.
+    if !no_new_privs {
+        filters.iter().try_for_each(seccomp::install)?;
+    }
     if with_caps {
         drop_bounding_set(process)?;
     }
     set_user(process)?;
     if with_caps {
         set_capabilities(process)?;
+    }
+    // With no_new_privs, as late as possible: the filter then needs to
+    // allow nothing of the runtime's but execve.
+    if no_new_privs {
+        filters.iter().try_for_each(seccomp::install)?;
     }
     close_fds_on_exec(3 + ctx.preserve_fds)?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)

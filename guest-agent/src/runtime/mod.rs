@@ -19,12 +19,13 @@
 //! - [`state`] — a container's durable state under `--root`, and its status.
 //! - [`rootfs`] — mounts, devices and `pivot_root`, never writing outside the rootfs.
 //! - [`cgroups`] — resource limits, v2 and v1 behind one interface.
+//! - [`seccomp`] — a profile compiled to BPF and installed before exec.
 //! - [`container_create`], [`container_start`], [`container_kill`],
 //!   [`container_delete`], [`container_run`] — the verbs.
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
 //!
-//! Not here yet: seccomp, user namespaces, hooks,
+//! Not here yet: user namespaces, hooks,
 //! consoles, `exec` and `ps` (see the README).
 
 pub mod cgroups;
@@ -36,6 +37,7 @@ pub mod container_kill;
 pub mod container_run;
 pub mod container_start;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 
