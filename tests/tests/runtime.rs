@@ -524,3 +524,51 @@ fn a_seccomp_profile_blocks_what_it_names_as_under_runc() {
         .unwrap();
     assert_eq!(ours, ok(theirs), "berth and runc disagree on seccomp");
 }
+
+#[test]
+fn ps_lists_a_containers_processes_and_a_pid_namespace_can_be_joined() {
+    require_root();
+    let root = state_root();
+    let first = BusyboxBundle::new(&["sh", "-c", "sleep 1000 & sleep 1001"], |_| {});
+    ok(runtime(
+        root.path(),
+        &["run", "-d", "-b", first.path().to_str().unwrap(), "one"],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pids: Vec<i64> = loop {
+        let pids: Vec<i64> = serde_json::from_str(&ok(runtime(
+            root.path(),
+            &["ps", "--format", "json", "one"],
+        )))
+        .unwrap();
+        // sh execs its last command: two sleeps, one of them the init.
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "expected two sleeps: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let table = ok(runtime(root.path(), &["ps", "one"]));
+    assert!(
+        table.contains("sleep 1000") && table.contains("sleep 1001"),
+        "{table}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(runtime(root.path(), &["state", "one"]))).unwrap();
+    let init = state["pid"].as_i64().unwrap();
+    assert!(pids.contains(&init), "{pids:?} lacks the init {init}");
+
+    // A second container in the first one's PID namespace sees its processes.
+    let second = BusyboxBundle::new(&["sh", "-c", "ps -o args | grep -c '^sleep 100'"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid", "path": format!("/proc/{init}/ns/pid")},
+            {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}
+        ]);
+    });
+    let out = ok(runtime(
+        root.path(),
+        &["run", "-b", second.path().to_str().unwrap(), "two"],
+    ));
+    assert_eq!(out, "2\n");
+    ok(runtime(root.path(), &["delete", "-f", "one"]));
+}

@@ -83,6 +83,14 @@ pub enum RuntimeCommand {
         #[command(flatten)]
         create: CreateArgs,
     },
+    /// List the processes in a container.
+    Ps {
+        /// table or json (the pids).
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// The container id.
+        id: String,
+    },
     /// List containers.
     List {
         /// Print only ids.
@@ -135,6 +143,7 @@ pub fn main(args: RuntimeArgs) -> Result<i32, RuntimeError> {
         RuntimeCommand::Delete { force, id } => delete(&root, &id, force).map(|()| 0),
         RuntimeCommand::Run { detach, create } => run(&options(root, create), detach),
         RuntimeCommand::List { quiet, format } => list(&root, quiet, &format).map(|()| 0),
+        RuntimeCommand::Ps { format, id } => ps(&root, &id, &format).map(|()| 0),
     }
 }
 
@@ -175,5 +184,41 @@ fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<(), Runtime
         }
         text
     };
+    print(&text)
+}
+
+/// The processes in container `id`'s cgroup: their pids as JSON, or a
+/// table of UID, PID, PPID and command line.
+fn ps(root: &std::path::Path, id: &str, format: &str) -> Result<(), RuntimeError> {
+    let dir = ContainerDir::new(root, id);
+    let saved = dir.load()?;
+    let mut pids = super::cgroups::Cgroup::new(&saved.cgroup_path)?.pids();
+    pids.sort_unstable();
+    if format == "json" {
+        let json =
+            serde_json::to_string(&pids).map_err(|e| RuntimeError::io("encode pids")(e.into()))?;
+        return print(&format!("{json}\n"));
+    }
+    let mut text = format!("{:<8} {:<8} {:<8} {}\n", "UID", "PID", "PPID", "CMD");
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        text.push_str(&format!(
+            "{:<8} {:<8} {:<8} {}\n",
+            field("Uid:"),
+            pid,
+            field("PPid:"),
+            cmd.trim_end()
+        ));
+    }
     print(&text)
 }

@@ -139,6 +139,13 @@ pub fn create(opts: &CreateOptions) -> Result<Saved, RuntimeError> {
         .and_then(|l| l.cgroups_path().clone())
         .unwrap_or_else(|| cgroups::default_path(&opts.id));
     let result = Cgroup::new(&cgroup_path).and_then(|cgroup| {
+        if !cgroup.pids().is_empty() {
+            // Another container's: never take it over, never remove it.
+            return Err(RuntimeError::Io {
+                action: format!("use cgroup {}", cgroup_path.display()),
+                source: std::io::Error::other("it already has processes in it"),
+            });
+        }
         let limits = Limits::from_spec(linux.and_then(|l| l.resources().as_ref()));
         let made = cgroup
             .create(&limits)

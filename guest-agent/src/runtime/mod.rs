@@ -26,7 +26,7 @@
 //! - [`cli`] — the runc-compatible command line.
 //!
 //! Not here yet: user namespaces, hooks,
-//! consoles, `exec` and `ps` (see the README).
+//! consoles and `exec` (see the README).
 
 pub mod cgroups;
 pub mod cli;

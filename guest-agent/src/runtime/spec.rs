@@ -66,14 +66,6 @@ impl Bundle {
                 "user namespaces are not supported by this runtime yet".into(),
             ));
         }
-        let pid_ns = namespaces
-            .iter()
-            .find(|ns| ns.typ() == LinuxNamespaceType::Pid);
-        if pid_ns.is_some_and(|ns| ns.path().is_some()) {
-            return Err(invalid(
-                "joining an existing PID namespace is not supported yet".into(),
-            ));
-        }
         Ok(Bundle { dir, rootfs, spec })
     }
 }
