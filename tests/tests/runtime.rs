@@ -572,3 +572,53 @@ fn ps_lists_a_containers_processes_and_a_pid_namespace_can_be_joined() {
     assert_eq!(out, "2\n");
     ok(runtime(root.path(), &["delete", "-f", "one"]));
 }
+
+#[test]
+fn hooks_see_each_state_and_a_failing_one_stops_create() {
+    require_root();
+    let root = state_root();
+    let out = tempfile::tempdir().unwrap();
+    let hook = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{name}.json", out.path().display())],
+            "timeout": 10
+        })
+    };
+    let bundle = BusyboxBundle::new(&["sleep", "1000"], |c| {
+        c["hooks"] = serde_json::json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")]
+        });
+    });
+    let b = bundle.path().to_str().unwrap();
+    ok(runtime(root.path(), &["create", "-b", b, "h"]));
+    ok(runtime(root.path(), &["start", "h"]));
+    ok(runtime(root.path(), &["delete", "--force", "h"]));
+    let seen = |name: &str| -> serde_json::Value {
+        let path = out.path().join(format!("{name}.json"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}")))
+            .unwrap()
+    };
+    assert_eq!(seen("prestart")["status"], "created");
+    assert_eq!(seen("createRuntime")["id"], "h");
+    assert_eq!(seen("poststart")["status"], "running");
+    assert_eq!(seen("poststop")["status"], "stopped");
+    assert!(seen("prestart")["pid"].as_i64().unwrap() > 0);
+
+    let failing = BusyboxBundle::new(&["true"], |c| {
+        c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]});
+    });
+    let res = runtime(
+        root.path(),
+        &["create", "-b", failing.path().to_str().unwrap(), "f"],
+    );
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("prestart hook /bin/false"));
+    assert!(
+        !root.path().join("f").exists(),
+        "a failed create leaves nothing"
+    );
+}

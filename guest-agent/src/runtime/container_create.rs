@@ -16,6 +16,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use super::cgroups::{self, Cgroup, Limits};
 use super::container_init::{self, send, InitContext};
+use super::hooks;
 use super::spec::{validate_id, Bundle};
 use super::state::{proc_stat, ContainerDir, Saved};
 use super::RuntimeError;
@@ -245,6 +246,19 @@ fn spawn(
     dir.save(&saved).inspect_err(|_| {
         let _ = kill(pid, Signal::SIGKILL);
     })?;
+    if let Some(hooks) = bundle.spec.hooks() {
+        let report = dir.report(&saved);
+        #[allow(deprecated)]
+        let prestart = hooks.prestart().clone().unwrap_or_default();
+        let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
+        let ran = hooks::run("prestart", &prestart, &report)
+            .and_then(|()| hooks::run("createRuntime", &create_runtime, &report));
+        if let Err(e) = ran {
+            let _ = kill(pid, Signal::SIGKILL);
+            wait_gone(pid);
+            return Err(e);
+        }
+    }
     if let Some(pid_file) = &opts.pid_file {
         let tmp = pid_file.with_extension("tmp");
         fs::write(&tmp, pid.to_string())

@@ -7,6 +7,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::cgroups::Cgroup;
+use super::hooks;
+use super::spec::Bundle;
 use super::state::{alive, ContainerDir, Status};
 use super::RuntimeError;
 
@@ -37,6 +39,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+    match Bundle::load(&saved.bundle) {
+        Ok(bundle) => {
+            if let Some(hooks) = bundle.spec.hooks() {
+                let poststop = hooks.poststop().clone().unwrap_or_default();
+                hooks::run_warn("poststop", &poststop, &dir.report(&saved));
+            }
+        }
+        Err(e) => tracing::warn!("poststop hooks not run: {e}"),
     }
     // Whatever the init left running in its cgroup goes with it.
     let cgroup = Cgroup::new(&saved.cgroup_path)?;

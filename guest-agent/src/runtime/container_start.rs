@@ -8,6 +8,8 @@ use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::stat::Mode;
 
+use super::hooks;
+use super::spec::Bundle;
 use super::state::{alive, ContainerDir, Status};
 use super::RuntimeError;
 
@@ -52,5 +54,12 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
             });
         }
     }
-    std::fs::remove_file(dir.fifo()).map_err(RuntimeError::io("remove the exec FIFO"))
+    std::fs::remove_file(dir.fifo()).map_err(RuntimeError::io("remove the exec FIFO"))?;
+    if let Ok(bundle) = Bundle::load(&saved.bundle) {
+        if let Some(hooks) = bundle.spec.hooks() {
+            let poststart = hooks.poststart().clone().unwrap_or_default();
+            hooks::run_warn("poststart", &poststart, &dir.report(&saved));
+        }
+    }
+    Ok(())
 }

@@ -20,13 +20,14 @@
 //! - [`rootfs`] — mounts, devices and `pivot_root`, never writing outside the rootfs.
 //! - [`cgroups`] — resource limits, v2 and v1 behind one interface.
 //! - [`seccomp`] — a profile compiled to BPF and installed before exec.
+//! - [`hooks`] — the spec's hooks, run in the runtime's namespaces.
 //! - [`container_create`], [`container_start`], [`container_kill`],
 //!   [`container_delete`], [`container_run`] — the verbs.
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
 //!
-//! Not here yet: user namespaces, hooks,
-//! consoles and `exec` (see the README).
+//! Not here yet: user namespaces, hooks inside the container's
+//! namespaces, consoles and `exec` (see the README).
 
 pub mod cgroups;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod container_init;
 pub mod container_kill;
 pub mod container_run;
 pub mod container_start;
+pub mod hooks;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

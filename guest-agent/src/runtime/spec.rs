@@ -66,6 +66,21 @@ impl Bundle {
                 "user namespaces are not supported by this runtime yet".into(),
             ));
         }
+        if let Some(hooks) = spec.hooks() {
+            let inside = hooks
+                .create_container()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty())
+                || hooks
+                    .start_container()
+                    .as_ref()
+                    .is_some_and(|h| !h.is_empty());
+            if inside {
+                return Err(invalid(
+                    "createContainer and startContainer hooks are not supported yet".into(),
+                ));
+            }
+        }
         Ok(Bundle { dir, rootfs, spec })
     }
 }
