@@ -622,3 +622,75 @@ fn hooks_see_each_state_and_a_failing_one_stops_create() {
         "a failed create leaves nothing"
     );
 }
+
+#[test]
+fn a_terminal_is_handed_over_the_console_socket() {
+    use std::io::{IoSliceMut, Read};
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+    require_root();
+    let root = state_root();
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut name = [0u8; 64];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut name)];
+        let msg = recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("a pty master in SCM_RIGHTS");
+        // SAFETY: the descriptor was just received and is owned by nobody else.
+        let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut out = Vec::new();
+        // Reading the master ends with EIO once the container's side closes.
+        let _ = master.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let bundle = BusyboxBundle::new(&["sh", "-c", "tty; stty size; echo hello"], |c| {
+        c["process"]["terminal"] = true.into();
+        c["process"]["consoleSize"] = serde_json::json!({"height": 24, "width": 80});
+    });
+    ok(runtime(
+        root.path(),
+        &[
+            "run",
+            "-d",
+            "--console-socket",
+            socket_path.to_str().unwrap(),
+            "-b",
+            bundle.path().to_str().unwrap(),
+            "tty",
+        ],
+    ));
+    let screen = receiver.join().unwrap();
+    assert!(screen.contains("/dev/pts/0"), "{screen:?}");
+    assert!(screen.contains("24 80"), "{screen:?}");
+    assert!(
+        screen.contains("hello\r\n"),
+        "a terminal turns \\n into \\r\\n: {screen:?}"
+    );
+
+    // terminal without a console socket is refused before anything runs.
+    let out = runtime(
+        root.path(),
+        &["create", "-b", bundle.path().to_str().unwrap(), "t2"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--console-socket"));
+    assert!(!root.path().join("t2").exists());
+}

@@ -36,6 +36,9 @@ pub struct CreateArgs {
     /// Write the container's init pid to this file.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// A unix socket to receive the pty master on, for `process.terminal`.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// Pass this many descriptors above 2 to the container.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub preserve_fds: i32,
@@ -109,6 +112,7 @@ fn options(root: PathBuf, args: CreateArgs) -> CreateOptions {
         root,
         pid_file: args.pid_file,
         preserve_fds: args.preserve_fds,
+        console_socket: args.console_socket,
     }
 }
 

@@ -34,6 +34,8 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// How many descriptors above 2 to pass to the container.
     pub preserve_fds: i32,
+    /// Where to send the pty master when the process wants a terminal.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The namespace flags to unshare and the paths to join, from the spec.
@@ -73,7 +75,13 @@ fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
 
 /// The intermediate child: enters the namespaces, forks the init (PID 1
 /// of a new PID namespace), reports its pid and exits.
-fn intermediate(bundle: &Bundle, fifo: &OwnedFd, sync: &OwnedFd, preserve_fds: i32) -> ! {
+fn intermediate(
+    bundle: &Bundle,
+    fifo: &OwnedFd,
+    sync: &OwnedFd,
+    console: Option<&std::os::unix::net::UnixStream>,
+    preserve_fds: i32,
+) -> ! {
     let result = (|| -> Result<Pid, RuntimeError> {
         let (new, join) = namespaces(bundle);
         for (path, flag) in join {
@@ -94,6 +102,7 @@ fn intermediate(bundle: &Bundle, fifo: &OwnedFd, sync: &OwnedFd, preserve_fds: i
                 bundle,
                 fifo: fifo.as_raw_fd(),
                 sync: sync.as_raw_fd(),
+                console: console.map(AsRawFd::as_raw_fd),
                 preserve_fds,
             }),
             ForkResult::Parent { child } => Ok(child),
@@ -169,6 +178,30 @@ fn spawn(
     cgroup: &Cgroup,
     cgroup_path: &std::path::Path,
 ) -> Result<Saved, RuntimeError> {
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let console = match (&opts.console_socket, terminal) {
+        (Some(path), true) => Some(std::os::unix::net::UnixStream::connect(path).map_err(
+            RuntimeError::io(format!("connect to the console socket {}", path.display())),
+        )?),
+        (None, true) => {
+            return Err(RuntimeError::Spec {
+                bundle: bundle.dir.clone(),
+                reason: "process.terminal is true: pass --console-socket to receive the pty".into(),
+            })
+        }
+        (Some(_), false) => {
+            return Err(RuntimeError::Spec {
+                bundle: bundle.dir.clone(),
+                reason: "--console-socket was given but process.terminal is false".into(),
+            })
+        }
+        (None, false) => None,
+    };
     let fifo_path = dir.fifo();
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(RuntimeError::sys("create the exec FIFO"))?;
@@ -182,12 +215,13 @@ fn spawn(
     let intermediate_pid = match unsafe { fork() }.map_err(RuntimeError::sys("fork"))? {
         ForkResult::Child => {
             drop(read);
-            intermediate(bundle, &fifo, &write, opts.preserve_fds)
+            intermediate(bundle, &fifo, &write, console.as_ref(), opts.preserve_fds)
         }
         ForkResult::Parent { child } => child,
     };
     drop(write);
     drop(fifo);
+    drop(console);
 
     // The intermediate reports the init's pid and the init reports how its
     // set-up ended, on one pipe, in either order: read until both are in,

@@ -21,7 +21,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use super::spec::Bundle;
 use super::RuntimeError;
-use super::{rootfs, seccomp};
+use super::{console, rootfs, seccomp};
 
 /// The PATH used to find the program when the spec's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -33,6 +33,8 @@ pub(crate) struct InitContext<'a> {
     pub fifo: RawFd,
     /// The write end of the pipe to `create`.
     pub sync: RawFd,
+    /// The console socket, when the process wants a terminal.
+    pub console: Option<RawFd>,
     /// Descriptors above 2 to pass to the program (`--preserve-fds`).
     pub preserve_fds: i32,
 }
@@ -69,6 +71,13 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
         reason: "no process in spec".into(),
     })?;
     rootfs::prepare(&ctx.bundle.dir, &ctx.bundle.rootfs, spec)?;
+    if let Some(socket) = ctx.console {
+        let size = process
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        console::setup(socket, size)?;
+    }
 
     let namespaces = spec
         .linux()

@@ -21,16 +21,18 @@
 //! - [`cgroups`] — resource limits, v2 and v1 behind one interface.
 //! - [`seccomp`] — a profile compiled to BPF and installed before exec.
 //! - [`hooks`] — the spec's hooks, run in the runtime's namespaces.
+//! - [`console`] — the pty handed over `--console-socket`.
 //! - [`container_create`], [`container_start`], [`container_kill`],
 //!   [`container_delete`], [`container_run`] — the verbs.
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
 //!
 //! Not here yet: user namespaces, hooks inside the container's
-//! namespaces, consoles and `exec` (see the README).
+//! namespaces and `exec` (see the README).
 
 pub mod cgroups;
 pub mod cli;
+pub mod console;
 pub mod container_create;
 pub mod container_delete;
 pub mod container_init;
