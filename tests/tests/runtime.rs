@@ -61,6 +61,23 @@ fn status(root: &Path, id: &str) -> String {
     state["status"].as_str().unwrap().to_owned()
 }
 
+/// Runs `bundle` under Debian's runc (in a state root of its own) and
+/// returns what the container printed.
+fn runc_run(bundle: &BusyboxBundle, id: &str) -> String {
+    let runc_root = tempfile::Builder::new()
+        .prefix("runc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(runc_root.path())
+        .args(["run", "-b", bundle.path().to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(out)
+}
+
 const PROBE: &str = "echo pid=$$; hostname; ls /sys/class/net; \
     grep -c . /proc/self/mountinfo; ls /proc/self/fd; id -u";
 
@@ -92,15 +109,7 @@ fn isolation_matches_runc() {
         "run deletes the container"
     );
 
-    let runc_root = state_root();
-    let theirs = Command::new("runc")
-        .arg("--root")
-        .arg(runc_root.path())
-        .args(["run", "-b", bundle.path().to_str().unwrap(), "probe"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(ours, ok(theirs), "berth and runc disagree");
+    assert_eq!(ours, runc_run(&bundle, "probe"), "berth and runc disagree");
 }
 
 #[test]
@@ -425,15 +434,11 @@ fn dropped_capabilities_are_gone_as_under_runc() {
     ));
     assert!(ours.contains("Operation not permitted"), "{ours}");
     assert!(ours.contains("rc=1"), "{ours}");
-    let runc_root = state_root();
-    let theirs = Command::new("runc")
-        .arg("--root")
-        .arg(runc_root.path())
-        .args(["run", "-b", bundle.path().to_str().unwrap(), "caps"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(ours, ok(theirs), "berth and runc disagree on capabilities");
+    assert_eq!(
+        ours,
+        runc_run(&bundle, "caps"),
+        "berth and runc disagree on capabilities"
+    );
 
     // With CAP_SYS_ADMIN granted, the same call succeeds.
     let bundle = BusyboxBundle::new(&["sh", "-c", "hostname changed && hostname"], |c| {
@@ -514,15 +519,11 @@ fn a_seccomp_profile_blocks_what_it_names_as_under_runc() {
     assert!(ours.contains("touch=0"), "{ours}");
     assert!(ours.contains("Seccomp:\t2"), "filter mode: {ours}");
     assert!(!bundle.path().join("rootfs/tmp/blocked").exists());
-    let runc_root = state_root();
-    let theirs = Command::new("runc")
-        .arg("--root")
-        .arg(runc_root.path())
-        .args(["run", "-b", bundle.path().to_str().unwrap(), "sc"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(ours, ok(theirs), "berth and runc disagree on seccomp");
+    assert_eq!(
+        ours,
+        runc_run(&bundle, "sc"),
+        "berth and runc disagree on seccomp"
+    );
 }
 
 #[test]
