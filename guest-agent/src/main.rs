@@ -59,23 +59,8 @@ async fn termination() {
     info!(signal = name, "shutting down");
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    // The runtime forks: it must stay single-threaded, so it runs before
-    // (and instead of) the async runtime.
-    let cli = match cli.command {
-        Command::Runtime(args) => {
-            return match berth_agent::runtime::cli::main(args) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        command => Cli { command },
-    };
+/// Serves until SIGTERM or SIGINT, on a multi-threaded async runtime.
+fn serve(root: PathBuf, listen: Address) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,21 +68,34 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("berth-agent: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve { root, listen } => runtime.block_on(async move {
-            berth_agent::daemon::serve(&root, &listen, termination()).await
-        }),
-        Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
-    };
-    match result {
+    let served = runtime
+        .block_on(async move { berth_agent::daemon::serve(&root, &listen, termination()).await });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { root, listen } => serve(root, listen),
+        // The runtime forks: it must stay single-threaded, so it never
+        // starts the async runtime.
+        Command::Runtime(args) => match berth_agent::runtime::cli::main(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
