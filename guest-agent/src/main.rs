@@ -29,7 +29,7 @@ enum Command {
         listen: Address,
     },
     /// The OCI runtime: runc's verbs over a bundle.
-    Runtime(berth_agent::runtime::cli::RuntimeArgs),
+    Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
 }
 
 fn init_logging() {
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         Command::Serve { root, listen } => serve(root, listen),
         // The runtime forks: it must stay single-threaded, so it never
         // starts the async runtime.
-        Command::Runtime(args) => match berth_agent::runtime::cli::main(args) {
+        Command::Runtime(args) => match berth_agent::runtime::cli::main(*args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
             Err(e) => {
                 tracing::error!("{e}");

@@ -4,6 +4,8 @@
 //! The binaries come from the same target directory as the test; build
 //! them first (`cargo build --workspace --bins`), as `scripts/test` does.
 
+pub mod runtime;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

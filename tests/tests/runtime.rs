@@ -2,81 +2,11 @@
 //! same bundle run under Debian's `runc` to show that the outputs agree.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_tests::runtime::{ok, runc_run, runtime, state_root, status};
 use berth_tests::{bin, require_root, BusyboxBundle};
-
-/// A runtime state root of the test's own.
-fn state_root() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("rt")
-        .tempdir_in("/tmp")
-        .unwrap()
-}
-
-/// Runs `berth-agent runtime --root ROOT ARGS`. Its output goes through
-/// files, not pipes: a created container inherits the runtime's stdio and
-/// would hold a pipe open long after the runtime has exited.
-fn runtime(root: &Path, args: &[&str]) -> Output {
-    let stdout = tempfile::tempfile().unwrap();
-    let stderr = tempfile::tempfile().unwrap();
-    let status = Command::new(bin("berth-agent"))
-        .arg("runtime")
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout.try_clone().unwrap())
-        .stderr(stderr.try_clone().unwrap())
-        .status()
-        .unwrap();
-    let read = |mut f: std::fs::File| {
-        use std::io::{Read, Seek};
-        let mut buf = Vec::new();
-        f.seek(std::io::SeekFrom::Start(0)).unwrap();
-        f.read_to_end(&mut buf).unwrap();
-        buf
-    };
-    Output {
-        status,
-        stdout: read(stdout),
-        stderr: read(stderr),
-    }
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn status(root: &Path, id: &str) -> String {
-    let state: serde_json::Value =
-        serde_json::from_str(&ok(runtime(root, &["state", id]))).unwrap();
-    state["status"].as_str().unwrap().to_owned()
-}
-
-/// Runs `bundle` under Debian's runc (in a state root of its own) and
-/// returns what the container printed.
-fn runc_run(bundle: &BusyboxBundle, id: &str) -> String {
-    let runc_root = tempfile::Builder::new()
-        .prefix("runc")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(runc_root.path())
-        .args(["run", "-b", bundle.path().to_str().unwrap(), id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    ok(out)
-}
 
 const PROBE: &str = "echo pid=$$; hostname; ls /sys/class/net; \
     grep -c . /proc/self/mountinfo; ls /proc/self/fd; id -u";
@@ -603,7 +533,7 @@ fn hooks_see_each_state_and_a_failing_one_stops_create() {
         serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}")))
             .unwrap()
     };
-    assert_eq!(seen("prestart")["status"], "created");
+    assert_eq!(seen("prestart")["status"], "creating");
     assert_eq!(seen("createRuntime")["id"], "h");
     assert_eq!(seen("poststart")["status"], "running");
     assert_eq!(seen("poststop")["status"], "stopped");

@@ -7,11 +7,14 @@ use clap::{Args, Subcommand};
 
 use super::container_create::{create, CreateOptions};
 use super::container_delete::delete;
+use super::container_exec::{exec, ExecOptions};
 use super::container_kill::{kill, parse_signal};
 use super::container_run::run;
 use super::container_start::start;
+use super::spec::Bundle;
 use super::state::ContainerDir;
-use super::RuntimeError;
+use super::{sealed, RuntimeError};
+use oci_spec::runtime::{Capabilities, Capability, Process};
 
 /// Where container state lives unless `--root` says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/berth-agent/runtime";
@@ -44,6 +47,53 @@ pub struct CreateArgs {
     pub preserve_fds: i32,
     /// The container id.
     pub id: String,
+}
+
+/// `exec`'s flags, as runc's.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The whole process as JSON (an OCI `process`); replaces the
+    /// command and the flags that shape the process.
+    #[arg(long, short = 'p', value_name = "FILE")]
+    pub process: Option<PathBuf>,
+    /// Give the process a terminal (needs --console-socket).
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Return once the process runs instead of waiting for it.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Add an environment variable (NAME=VALUE).
+    #[arg(long, short = 'e', value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The working directory in the container.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// The user, as UID[:GID].
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// An additional group id (repeatable).
+    #[arg(long = "additional-gids", short = 'g', value_name = "GID")]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability to the process's sets (repeatable), e.g. CAP_KILL.
+    #[arg(long, short = 'c', value_name = "CAP")]
+    pub cap: Vec<String>,
+    /// Set no_new_privileges for the process.
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Write the process's pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A unix socket to receive the pty master on, with --tty.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Pass this many descriptors above 2 to the process.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+    /// The container id.
+    pub id: String,
+    /// The command and its arguments (unless --process).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 /// The runtime verbs.
@@ -86,6 +136,8 @@ pub enum RuntimeCommand {
         #[command(flatten)]
         create: CreateArgs,
     },
+    /// Run another process in a container.
+    Exec(ExecArgs),
     /// List the processes in a container.
     Ps {
         /// table or json (the pids).
@@ -130,8 +182,24 @@ fn print(text: &str) -> Result<(), RuntimeError> {
         .map_err(RuntimeError::io("write to stdout"))
 }
 
+/// Whether the verb must run from a sealed copy of the agent: where the
+/// container can see a runtime process before it execs.
+fn needs_sealing(command: &RuntimeCommand) -> bool {
+    let bundle = match command {
+        RuntimeCommand::Exec(_) => return true,
+        RuntimeCommand::Create(c) | RuntimeCommand::Run { create: c, .. } => &c.bundle,
+        _ => return false,
+    };
+    // A bundle that does not load fails in `create` with the reason.
+    Bundle::load(bundle).is_ok_and(|b| b.exposes_runtime())
+}
+
 /// Runs one runtime verb; returns the process exit code.
 pub fn main(args: RuntimeArgs) -> Result<i32, RuntimeError> {
+    if needs_sealing(&args.command) {
+        // Returns only on failure; on success this process starts over.
+        sealed::ensure()?;
+    }
     let root = args.root;
     match args.command {
         RuntimeCommand::Create(create_args) => create(&options(root, create_args)).map(|_| 0),
@@ -148,7 +216,99 @@ pub fn main(args: RuntimeArgs) -> Result<i32, RuntimeError> {
         RuntimeCommand::Run { detach, create } => run(&options(root, create), detach),
         RuntimeCommand::List { quiet, format } => list(&root, quiet, &format).map(|()| 0),
         RuntimeCommand::Ps { format, id } => ps(&root, &id, &format).map(|()| 0),
+        RuntimeCommand::Exec(exec_args) => exec(&exec_options(root, exec_args)?),
     }
+}
+
+fn bad_exec(reason: String) -> RuntimeError {
+    RuntimeError::Io {
+        action: "prepare the process to exec".into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+    }
+}
+
+/// The process `exec` runs: `--process` as it is, or the container's own
+/// process with the command and flags applied, as runc builds it.
+fn exec_options(root: PathBuf, args: ExecArgs) -> Result<ExecOptions, RuntimeError> {
+    let process = match &args.process {
+        Some(file) => {
+            let text = std::fs::read(file)
+                .map_err(RuntimeError::io(format!("read {}", file.display())))?;
+            serde_json::from_slice::<Process>(&text)
+                .map_err(|e| bad_exec(format!("{}: {e}", file.display())))?
+        }
+        None => {
+            if args.command.is_empty() {
+                return Err(bad_exec("give a command, or --process FILE".into()));
+            }
+            let saved = ContainerDir::new(&root, &args.id).load()?;
+            let bundle = Bundle::load(&saved.bundle)?;
+            let mut process = bundle.spec.process().clone().unwrap_or_default();
+            process.set_args(Some(args.command.clone()));
+            process.set_terminal(Some(args.tty));
+            process.set_console_size(None);
+            let mut env = process.env().clone().unwrap_or_default();
+            env.extend(args.env.iter().cloned());
+            process.set_env(Some(env));
+            if let Some(cwd) = &args.cwd {
+                process.set_cwd(cwd.clone());
+            }
+            if let Some(user) = &args.user {
+                let (uid, gid) = match user.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (user.as_str(), None),
+                };
+                let id = |s: &str| {
+                    s.parse::<u32>()
+                        .map_err(|_| bad_exec(format!("--user {user:?}: use UID[:GID], numeric")))
+                };
+                process.user_mut().set_uid(id(uid)?);
+                if let Some(gid) = gid {
+                    process.user_mut().set_gid(id(gid)?);
+                }
+            }
+            if !args.additional_gids.is_empty() {
+                process
+                    .user_mut()
+                    .set_additional_gids(Some(args.additional_gids.clone()));
+            }
+            if args.no_new_privs {
+                process.set_no_new_privileges(Some(true));
+            }
+            if !args.cap.is_empty() {
+                let mut caps = process.capabilities().clone().unwrap_or_default();
+                for name in &args.cap {
+                    let full = if name.starts_with("CAP_") {
+                        name.clone()
+                    } else {
+                        format!("CAP_{}", name.to_ascii_uppercase())
+                    };
+                    let cap: Capability =
+                        serde_json::from_value(serde_json::Value::String(full))
+                            .map_err(|_| bad_exec(format!("unknown capability {name:?}")))?;
+                    let with = |set: &Option<Capabilities>| {
+                        let mut set = set.clone().unwrap_or_default();
+                        set.insert(cap);
+                        Some(set)
+                    };
+                    caps.set_bounding(with(caps.bounding()));
+                    caps.set_effective(with(caps.effective()));
+                    caps.set_permitted(with(caps.permitted()));
+                }
+                process.set_capabilities(Some(caps));
+            }
+            process
+        }
+    };
+    Ok(ExecOptions {
+        root,
+        id: args.id,
+        process,
+        console_socket: args.console_socket,
+        pid_file: args.pid_file,
+        detach: args.detach,
+        preserve_fds: args.preserve_fds,
+    })
 }
 
 fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<(), RuntimeError> {

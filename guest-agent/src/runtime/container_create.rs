@@ -1,8 +1,7 @@
 //! `create`: sets a container up and leaves its init waiting for `start`.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
@@ -15,11 +14,10 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::LinuxNamespaceType;
 
 use super::cgroups::{self, Cgroup, Limits};
-use super::container_init::{self, send, InitContext};
-use super::hooks;
+use super::container_init::{self, InitContext};
 use super::spec::{validate_id, Bundle};
-use super::state::{proc_stat, ContainerDir, Saved};
-use super::RuntimeError;
+use super::state::{proc_stat, ContainerDir, Saved, StateReport, Status};
+use super::{hooks, sync, userns, RuntimeError};
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ pub struct CreateOptions {
 }
 
 /// The namespace flags to unshare and the paths to join, from the spec.
-fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
+pub(crate) fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
     let mut new = CloneFlags::empty();
     let mut join = Vec::new();
     let list = bundle
@@ -64,26 +62,41 @@ fn namespaces(bundle: &Bundle) -> (CloneFlags, Vec<(PathBuf, CloneFlags)>) {
             None => new |= flag,
         }
     }
+    // A user namespace is joined first: the others may belong to it.
+    join.sort_by_key(|(_, flag)| *flag != CloneFlags::CLONE_NEWUSER);
     // The rootfs is always set up in a mount namespace of the container's
-    // own. A new cgroup namespace is made by the init itself, once it is in
-    // its cgroup, so that the cgroup is the namespace's root.
-    (
-        (new | CloneFlags::CLONE_NEWNS) - CloneFlags::CLONE_NEWCGROUP,
-        join,
-    )
+    // own. A new cgroup namespace is made once the runtime has put the
+    // intermediate in the container's cgroup, which becomes its root.
+    (new | CloneFlags::CLONE_NEWNS, join)
 }
 
-/// The intermediate child: enters the namespaces, forks the init (PID 1
-/// of a new PID namespace), reports its pid and exits.
-fn intermediate(
-    bundle: &Bundle,
-    fifo: &OwnedFd,
-    sync: &OwnedFd,
-    console: Option<&std::os::unix::net::UnixStream>,
+/// What the intermediate child is handed.
+struct Intermediate<'a> {
+    bundle: &'a Bundle,
+    fifo: &'a OwnedFd,
+    sync: RawFd,
+    console: Option<&'a std::os::unix::net::UnixStream>,
     preserve_fds: i32,
-) -> ! {
+}
+
+/// The intermediate child: joins and makes the namespaces, forks the
+/// init (PID 1 of a new PID namespace), reports its pid and exits.
+fn intermediate(ctx: Intermediate<'_>) -> ! {
     let result = (|| -> Result<Pid, RuntimeError> {
-        let (new, join) = namespaces(bundle);
+        let spec = &ctx.bundle.spec;
+        let process = spec.process().as_ref();
+        // Inherited by the init; written while still root on the host, as
+        // a user namespace would not let the init write it itself.
+        if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
+            fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .map_err(RuntimeError::io("set oom_score_adj"))?;
+        }
+        // Until exec: nothing of the container's may open our /proc files.
+        nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set non-dumpable"))?;
+        let (new, join) = namespaces(ctx.bundle);
+        // Existing namespaces first, the user namespace before the others
+        // (they may belong to it), then a new user namespace, mapped by
+        // the runtime, and the new namespaces it will own.
         for (path, flag) in join {
             let fd = fs::File::open(&path).map_err(RuntimeError::io(format!(
                 "open namespace {}",
@@ -94,33 +107,63 @@ fn intermediate(
                 path.display()
             )))?;
         }
-        nix::sched::unshare(new).map_err(RuntimeError::sys("create namespaces"))?;
+        if new.contains(CloneFlags::CLONE_NEWUSER) {
+            nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+                .map_err(RuntimeError::sys("create the user namespace"))?;
+        }
+        // The runtime writes our id maps and puts us in the cgroup, which
+        // the init inherits before it runs anything.
+        sync::send(ctx.sync, "hello");
+        sync::expect(ctx.sync, "go")?;
+        if new.contains(CloneFlags::CLONE_NEWUSER) {
+            become_namespace_root(spec.linux().as_ref())?;
+        }
+        nix::sched::unshare(new - CloneFlags::CLONE_NEWUSER)
+            .map_err(RuntimeError::sys("create namespaces"))?;
         // SAFETY: this process has a single thread (the runtime never starts
         // others on this path), so the child may run arbitrary code.
         match unsafe { fork() }.map_err(RuntimeError::sys("fork the container init"))? {
             ForkResult::Child => container_init::run(InitContext {
-                bundle,
-                fifo: fifo.as_raw_fd(),
-                sync: sync.as_raw_fd(),
-                console: console.map(AsRawFd::as_raw_fd),
-                preserve_fds,
+                bundle: ctx.bundle,
+                fifo: ctx.fifo.as_raw_fd(),
+                sync: ctx.sync,
+                console: ctx.console.map(AsRawFd::as_raw_fd),
+                preserve_fds: ctx.preserve_fds,
             }),
             ForkResult::Parent { child } => Ok(child),
         }
     })();
     let code = match result {
         Ok(pid) => {
-            send(sync.as_raw_fd(), &format!("pid:{pid}"));
+            sync::send(ctx.sync, &format!("pid:{pid}"));
             0
         }
         Err(e) => {
-            send(sync.as_raw_fd(), &format!("error:{e}"));
+            sync::send(ctx.sync, &format!("error:{e}"));
             1
         }
     };
     // SAFETY: ends the forked intermediate without running the parent's
     // exit handlers.
     unsafe { nix::libc::_exit(code) }
+}
+
+/// Switches to uid and gid 0 of the new user namespace where they are
+/// mapped, so that what the init creates belongs to the container's root.
+fn become_namespace_root(linux: Option<&oci_spec::runtime::Linux>) -> Result<(), RuntimeError> {
+    let mapped =
+        |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| m.is_some_and(|m| userns::maps(m, 0));
+    if mapped(linux.and_then(|l| l.gid_mappings().as_ref())) {
+        let root = nix::unistd::Gid::from_raw(0);
+        nix::unistd::setresgid(root, root, root)
+            .map_err(RuntimeError::sys("become gid 0 in the user namespace"))?;
+    }
+    if mapped(linux.and_then(|l| l.uid_mappings().as_ref())) {
+        let root = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresuid(root, root, root)
+            .map_err(RuntimeError::sys("become uid 0 in the user namespace"))?;
+    }
+    Ok(())
 }
 
 /// Creates the container; on success its init waits on the exec FIFO.
@@ -171,6 +214,60 @@ pub fn create(opts: &CreateOptions) -> Result<Saved, RuntimeError> {
     result
 }
 
+/// Opens the console socket when the process wants a terminal, and
+/// refuses a mismatch between the two either way.
+pub(crate) fn console_for(
+    bundle_dir: &std::path::Path,
+    terminal: bool,
+    socket: Option<&std::path::Path>,
+) -> Result<Option<std::os::unix::net::UnixStream>, RuntimeError> {
+    match (socket, terminal) {
+        (Some(path), true) => std::os::unix::net::UnixStream::connect(path)
+            .map(Some)
+            .map_err(RuntimeError::io(format!(
+                "connect to the console socket {}",
+                path.display()
+            ))),
+        (None, true) => Err(RuntimeError::Spec {
+            bundle: bundle_dir.to_owned(),
+            reason: "process.terminal is true: pass --console-socket to receive the pty".into(),
+        }),
+        (Some(_), false) => Err(RuntimeError::Spec {
+            bundle: bundle_dir.to_owned(),
+            reason: "--console-socket was given but process.terminal is false".into(),
+        }),
+        (None, false) => Ok(None),
+    }
+}
+
+/// The state the hooks are given, before `state.json` exists.
+fn hook_state(opts: &CreateOptions, bundle: &Bundle, pid: Pid) -> StateReport {
+    StateReport {
+        oci_version: bundle.spec.version().clone(),
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        status: Status::Creating,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: String::new(),
+        owner: String::new(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+    }
+}
+
+/// Runs the runtime-side hooks of the create phase: `prestart` (older
+/// specs) then `createRuntime`.
+fn runtime_hooks(bundle: &Bundle, state: &StateReport) -> Result<(), RuntimeError> {
+    let Some(hooks) = bundle.spec.hooks() else {
+        return Ok(());
+    };
+    #[allow(deprecated)]
+    let prestart = hooks.prestart().clone().unwrap_or_default();
+    let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
+    hooks::run("prestart", &prestart, state)
+        .and_then(|()| hooks::run("createRuntime", &create_runtime, state))
+}
+
 fn spawn(
     opts: &CreateOptions,
     bundle: &Bundle,
@@ -184,70 +281,82 @@ fn spawn(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let console = match (&opts.console_socket, terminal) {
-        (Some(path), true) => Some(std::os::unix::net::UnixStream::connect(path).map_err(
-            RuntimeError::io(format!("connect to the console socket {}", path.display())),
-        )?),
-        (None, true) => {
-            return Err(RuntimeError::Spec {
-                bundle: bundle.dir.clone(),
-                reason: "process.terminal is true: pass --console-socket to receive the pty".into(),
-            })
-        }
-        (Some(_), false) => {
-            return Err(RuntimeError::Spec {
-                bundle: bundle.dir.clone(),
-                reason: "--console-socket was given but process.terminal is false".into(),
-            })
-        }
-        (None, false) => None,
-    };
+    let console = console_for(&bundle.dir, terminal, opts.console_socket.as_deref())?;
     let fifo_path = dir.fifo();
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(RuntimeError::sys("create the exec FIFO"))?;
     let fifo = nix::fcntl::open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(RuntimeError::sys("open the exec FIFO"))?;
-    let (read, write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RuntimeError::sys("create the sync pipe"))?;
+    let (mut channel, child_end) = sync::pair()?;
+    let linux = bundle.spec.linux().as_ref();
+    let new_user_ns = namespaces(bundle).0.contains(CloneFlags::CLONE_NEWUSER);
 
     // SAFETY: the runtime path is single-threaded (see the module docs of
     // `runtime`), so the child may run arbitrary code before it execs.
     let intermediate_pid = match unsafe { fork() }.map_err(RuntimeError::sys("fork"))? {
-        ForkResult::Child => {
-            drop(read);
-            intermediate(bundle, &fifo, &write, console.as_ref(), opts.preserve_fds)
-        }
+        ForkResult::Child => intermediate(Intermediate {
+            bundle,
+            fifo: &fifo,
+            sync: child_end.as_raw_fd(),
+            console: console.as_ref(),
+            preserve_fds: opts.preserve_fds,
+        }),
         ForkResult::Parent { child } => child,
     };
-    drop(write);
+    drop(child_end);
     drop(fifo);
     drop(console);
 
-    // The intermediate reports the init's pid and the init reports how its
-    // set-up ended, on one pipe, in either order: read until both are in,
-    // or until every writer is gone.
+    // Until the init is ready or has failed: answer the intermediate's
+    // hello (id maps, cgroup), take the init's pid, and run the
+    // runtime-side hooks when the init stops for them.
     let mut init: Option<Pid> = None;
+    let mut hooks_wanted = false;
     let mut ready = false;
     let mut error: Option<String> = None;
-    for line in BufReader::new(fs::File::from(read)).lines() {
-        let Ok(line) = line else { break };
-        if let Some(pid) = line.strip_prefix("pid:") {
-            init = pid.parse().ok().map(Pid::from_raw);
-            // Into the cgroup before the init can run anything of the user's.
-            if let Some(pid) = init {
-                if let Err(e) = cgroup.add(pid.as_raw()) {
+    while let Some(line) = channel.recv() {
+        if line == "hello" {
+            let setup = match linux {
+                Some(linux) if new_user_ns => userns::write_maps(intermediate_pid, linux),
+                _ => Ok(()),
+            }
+            .and_then(|()| cgroup.add(intermediate_pid.as_raw()));
+            match setup {
+                Ok(()) => channel.send("go"),
+                Err(e) => {
+                    channel.send(&format!("abort:{e}"));
                     error.get_or_insert(e.to_string());
                 }
             }
+        } else if let Some(pid) = line.strip_prefix("pid:") {
+            init = pid.parse().ok().map(Pid::from_raw);
+        } else if line == "hooks" {
+            hooks_wanted = true;
         } else if line == "ready" {
             ready = true;
         } else if let Some(reason) = line.strip_prefix("error:") {
             error.get_or_insert(reason.to_owned());
         }
+        if let (true, Some(pid), None) = (hooks_wanted, init, &error) {
+            hooks_wanted = false;
+            let state = hook_state(opts, bundle, pid);
+            let reply = runtime_hooks(bundle, &state).and_then(|()| {
+                serde_json::to_string(&state)
+                    .map_err(|e| RuntimeError::io("encode the state for hooks")(e.into()))
+            });
+            match reply {
+                Ok(json) => channel.send(&format!("state:{json}")),
+                Err(e) => {
+                    channel.send(&format!("abort:{e}"));
+                    error.get_or_insert(e.to_string());
+                }
+            }
+        }
         if init.is_some() && (ready || error.is_some()) {
             break;
         }
     }
+    channel.shutdown();
     let outcome = match (error, ready) {
         (Some(reason), _) => Err(reason),
         (None, true) => Ok(()),
@@ -280,19 +389,6 @@ fn spawn(
     dir.save(&saved).inspect_err(|_| {
         let _ = kill(pid, Signal::SIGKILL);
     })?;
-    if let Some(hooks) = bundle.spec.hooks() {
-        let report = dir.report(&saved);
-        #[allow(deprecated)]
-        let prestart = hooks.prestart().clone().unwrap_or_default();
-        let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
-        let ran = hooks::run("prestart", &prestart, &report)
-            .and_then(|()| hooks::run("createRuntime", &create_runtime, &report));
-        if let Err(e) = ran {
-            let _ = kill(pid, Signal::SIGKILL);
-            wait_gone(pid);
-            return Err(e);
-        }
-    }
     if let Some(pid_file) = &opts.pid_file {
         let tmp = pid_file.with_extension("tmp");
         fs::write(&tmp, pid.to_string())

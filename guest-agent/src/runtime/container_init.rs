@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
@@ -20,8 +20,9 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use super::spec::Bundle;
+use super::state::{StateReport, Status};
 use super::RuntimeError;
-use super::{console, rootfs, seccomp};
+use super::{console, hooks, rootfs, seccomp, sync};
 
 /// The PATH used to find the program when the spec's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -31,7 +32,7 @@ pub(crate) struct InitContext<'a> {
     pub bundle: &'a Bundle,
     /// The exec FIFO, opened with O_PATH before the rootfs hides it.
     pub fifo: RawFd,
-    /// The write end of the pipe to `create`.
+    /// The children's end of the sync socket (see [`sync`]).
     pub sync: RawFd,
     /// The console socket, when the process wants a terminal.
     pub console: Option<RawFd>,
@@ -46,7 +47,7 @@ pub(crate) fn run(ctx: InitContext<'_>) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    send(sync, &format!("error:{err}"));
+    sync::send(sync, &format!("error:{err}"));
     // After "ready", `create` has gone and only the container's stderr can
     // still tell anyone.
     let _ = writeln!(std::io::stderr(), "berth-agent: container init: {err}");
@@ -55,22 +56,41 @@ pub(crate) fn run(ctx: InitContext<'_>) -> ! {
     unsafe { nix::libc::_exit(1) }
 }
 
-/// Writes one message line to the sync pipe.
-pub(crate) fn send(fd: RawFd, message: &str) {
-    // SAFETY: `fd` is the pipe's write end, open in this process; ManuallyDrop
-    // keeps this temporary File from closing it.
-    let mut pipe = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(fd) });
-    let line = format!("{}\n", message.replace('\n', " "));
-    let _ = pipe.write_all(line.as_bytes());
-}
-
 fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
     let spec = &ctx.bundle.spec;
     let process = spec.process().as_ref().ok_or_else(|| RuntimeError::Init {
         id: String::new(),
         reason: "no process in spec".into(),
     })?;
-    rootfs::prepare(&ctx.bundle.dir, &ctx.bundle.rootfs, spec)?;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let in_user_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    rootfs::mount_all(&ctx.bundle.dir, &ctx.bundle.rootfs, spec, in_user_ns)?;
+    // The runtime's hooks run now, with the mounts made and before
+    // pivot_root; then the container's own, in its namespaces.
+    let state = if hooks::any(spec) {
+        sync::send(ctx.sync, "hooks");
+        let json = sync::expect(ctx.sync, "state:")?;
+        let state: StateReport = serde_json::from_str(&json).map_err(|e| RuntimeError::Io {
+            action: "read the state for hooks".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let create_container = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+            .unwrap_or_default();
+        hooks::run("createContainer", &create_container, &state)?;
+        Some(state)
+    } else {
+        None
+    };
+    rootfs::enter(&ctx.bundle.rootfs, spec)?;
     if let Some(socket) = ctx.console {
         let size = process
             .console_size()
@@ -79,11 +99,6 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
         console::setup(socket, size)?;
     }
 
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
     if let Some(hostname) = spec.hostname() {
         if namespaces
             .iter()
@@ -98,45 +113,8 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
             fs::write(&path, value).map_err(RuntimeError::io(format!("set sysctl {key}")))?;
         }
     }
-    if let Some(adj) = process.oom_score_adj() {
-        fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(RuntimeError::io("set oom_score_adj"))?;
-    }
-    set_rlimits(process)?;
-    if process.no_new_privileges().unwrap_or(false) {
-        nix::sys::prctl::set_no_new_privs().map_err(RuntimeError::sys("set no_new_privs"))?;
-    }
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).map_err(RuntimeError::sys(format!("enter cwd {}", cwd.display())))?;
-    let env: Vec<String> = process.env().clone().unwrap_or_default();
-    let args: Vec<String> = process.args().clone().unwrap_or_default();
-    let program = find_program(&args[0], &env)?;
-
-    let to_c = |s: &str| {
-        CString::new(s).map_err(|_| RuntimeError::Io {
-            action: format!("use {s:?} as an argument"),
-            source: std::io::Error::other("it contains a NUL byte"),
-        })
-    };
-    let c_program =
-        CString::new(program.as_os_str().as_encoded_bytes()).map_err(|_| RuntimeError::Io {
-            action: "use the program path".into(),
-            source: std::io::Error::other("it contains a NUL byte"),
-        })?;
-    let c_args = args
-        .iter()
-        .map(|a| to_c(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let c_env = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
-
-    // Compiled now, so that a bad profile fails `create`.
-    let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
-    let no_new_privs = process.no_new_privileges().unwrap_or(false);
-
-    send(ctx.sync, "ready");
+    let exec = Prepared::new(process, spec)?;
+    sync::send(ctx.sync, "ready");
     // Blocks until `start` opens the FIFO for reading.
     let fifo_path = format!("/proc/self/fd/{}", ctx.fifo);
     let fifo = nix::fcntl::open(
@@ -148,42 +126,116 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
         "wait for start on the exec FIFO (is /proc mounted?)",
     ))?;
     nix::unistd::write(&fifo, b"0").map_err(RuntimeError::sys("answer start"))?;
+    drop(fifo);
+    if let Some(mut state) = state {
+        state.status = Status::Created;
+        let start_container = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().clone())
+            .unwrap_or_default();
+        hooks::run("startContainer", &start_container, &state)?;
+    }
+    exec.exec(process, ctx.preserve_fds)
+}
 
-    // `create` has put us in our cgroup by now: make it our namespace's root.
-    if namespaces
-        .iter()
-        .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
-    {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(RuntimeError::sys("create the cgroup namespace"))?;
+/// The program and its arguments, environment and seccomp filters, made
+/// ready before the process reports "ready", so that a bad one fails the
+/// verb rather than the container.
+pub(crate) struct Prepared {
+    program: PathBuf,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    filters: Vec<seccompiler::BpfProgram>,
+}
+
+impl Prepared {
+    /// Applies the process's rlimits, no_new_privs and cwd, finds the
+    /// program and compiles the spec's seccomp profile.
+    pub(crate) fn new(
+        process: &Process,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<Self, RuntimeError> {
+        set_rlimits(process)?;
+        if process.no_new_privileges().unwrap_or(false) {
+            nix::sys::prctl::set_no_new_privs().map_err(RuntimeError::sys("set no_new_privs"))?;
+        }
+        let cwd = process.cwd();
+        nix::unistd::chdir(cwd)
+            .map_err(RuntimeError::sys(format!("enter cwd {}", cwd.display())))?;
+        let env: Vec<String> = process.env().clone().unwrap_or_default();
+        let args: Vec<String> = process.args().clone().unwrap_or_default();
+        let first = args.first().ok_or_else(|| RuntimeError::Io {
+            action: "start the process".into(),
+            source: std::io::Error::other("process.args is empty"),
+        })?;
+        let program = find_program(first, &env)?;
+        let to_c = |s: &str| {
+            CString::new(s).map_err(|_| RuntimeError::Io {
+                action: format!("use {s:?} as an argument"),
+                source: std::io::Error::other("it contains a NUL byte"),
+            })
+        };
+        let args = args
+            .iter()
+            .map(|a| to_c(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
+        let filters = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(profile) => seccomp::compile(profile)?,
+            None => Vec::new(),
+        };
+        Ok(Prepared {
+            program,
+            args,
+            env,
+            filters,
+        })
     }
-    // Last, as it takes away the power to do all of the above. A spec
-    // without capabilities leaves them as they are, as runc does.
-    let with_caps = process.capabilities().is_some();
-    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN, which
-    // the capabilities below may drop: install it first then, as runc does.
-    if !no_new_privs {
-        filters.iter().try_for_each(seccomp::install)?;
+
+    /// Takes on the process's identity and execs the program.
+    pub(crate) fn exec(
+        self,
+        process: &Process,
+        preserve_fds: i32,
+    ) -> Result<Infallible, RuntimeError> {
+        let no_new_privs = process.no_new_privileges().unwrap_or(false);
+        // Last, as it takes away the power to do all of the above. A spec
+        // without capabilities leaves them as they are, as runc does.
+        let with_caps = process.capabilities().is_some();
+        // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN, which
+        // the capabilities below may drop: install it first then, as runc does.
+        if !no_new_privs {
+            self.filters.iter().try_for_each(seccomp::install)?;
+        }
+        if with_caps {
+            drop_bounding_set(process)?;
+        }
+        set_user(process)?;
+        if with_caps {
+            set_capabilities(process)?;
+        }
+        // With no_new_privs, as late as possible: the filter then needs to
+        // allow nothing of the runtime's but execve.
+        if no_new_privs {
+            self.filters.iter().try_for_each(seccomp::install)?;
+        }
+        close_fds_on_exec(3 + preserve_fds)?;
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(RuntimeError::sys("unblock signals"))?;
+        let c_program =
+            CString::new(self.program.as_os_str().as_encoded_bytes()).map_err(|_| {
+                RuntimeError::Io {
+                    action: "use the program path".into(),
+                    source: std::io::Error::other("it contains a NUL byte"),
+                }
+            })?;
+        let Err(err) = nix::unistd::execve(&c_program, &self.args, &self.env);
+        Err(RuntimeError::sys(format!(
+            "exec {}",
+            self.program.display()
+        ))(err))
     }
-    if with_caps {
-        drop_bounding_set(process)?;
-    }
-    set_user(process)?;
-    if with_caps {
-        set_capabilities(process)?;
-    }
-    // With no_new_privs, as late as possible: the filter then needs to
-    // allow nothing of the runtime's but execve.
-    if no_new_privs {
-        filters.iter().try_for_each(seccomp::install)?;
-    }
-    close_fds_on_exec(3 + ctx.preserve_fds)?;
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(RuntimeError::sys("unblock signals"))?;
-    let Err(err) = nix::unistd::execve(&c_program, &c_args, &c_env);
-    Err(RuntimeError::sys(format!("exec {}", program.display()))(
-        err,
-    ))
 }
 
 /// Finds `name` on the PATH of the container's environment.

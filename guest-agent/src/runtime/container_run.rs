@@ -34,11 +34,7 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32, RuntimeError> {
         start(&opts.root, &opts.id)?;
         return Ok(0);
     }
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        set.add(s);
-    }
+    let set = forwarded_signals();
     set.thread_block()
         .map_err(RuntimeError::sys("block signals"))?;
     let started = start(&opts.root, &opts.id);
@@ -54,9 +50,20 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32, RuntimeError> {
     code
 }
 
+/// SIGCHLD and the signals a foreground verb passes on, to block and
+/// then take with `sigwait`.
+pub(crate) fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
+}
+
 /// Waits for `init` to exit, reaping everything reparented to us and
-/// forwarding signals.
-fn wait(init: Pid, set: &SigSet) -> Result<i32, RuntimeError> {
+/// forwarding signals; `set` ([`forwarded_signals`]) must be blocked.
+pub(crate) fn wait(init: Pid, set: &SigSet) -> Result<i32, RuntimeError> {
     loop {
         // Reap first: the init may have exited before we blocked SIGCHLD.
         loop {

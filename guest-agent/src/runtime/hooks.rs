@@ -1,17 +1,22 @@
 //! OCI hooks: programs the runtime runs at points of a container's life,
 //! each given the container's state as JSON on stdin.
 //!
-//! Run here, in the runtime's namespaces: `createRuntime` and the older
-//! `prestart` (once the container is set up, before `create` returns),
-//! `poststart` (after `start`) and `poststop` (on `delete`). Hooks that must
-//! run inside the container's namespaces (`createContainer`,
-//! `startContainer`) are refused when the spec is loaded, not ignored.
+//! Where each phase runs:
+//! - `prestart` (older specs) and `createRuntime`: by `create`, in the
+//!   runtime's namespaces, while the init waits with its mounts made and
+//!   before its `pivot_root`;
+//! - `createContainer`: by the init, in the container's namespaces, right
+//!   after those, still before `pivot_root`;
+//! - `startContainer`: by the init once `start` released it, after
+//!   `pivot_root` (the path resolves in the container), before the exec;
+//! - `poststart` (after `start`) and `poststop` (on `delete`): in the
+//!   runtime's namespaces.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Spec};
 
 use super::state::StateReport;
 use super::RuntimeError;
@@ -19,6 +24,34 @@ use super::RuntimeError;
 /// How long a hook without its own timeout may run: generous, but a hook
 /// that hangs must not hang the runtime with it.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether the spec has hooks of the create and start phases, for which
+/// the init stops before `pivot_root`.
+pub fn any(spec: &Spec) -> bool {
+    let Some(hooks) = spec.hooks() else {
+        return false;
+    };
+    #[allow(deprecated)]
+    let phases = [
+        hooks.prestart(),
+        hooks.create_runtime(),
+        hooks.create_container(),
+        hooks.start_container(),
+    ];
+    phases
+        .iter()
+        .any(|h| h.as_ref().is_some_and(|h| !h.is_empty()))
+}
+
+/// Whether hooks run inside the container's namespaces, where the
+/// container can see the init before it execs.
+pub fn any_inside(spec: &Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|hooks| {
+        [hooks.create_container(), hooks.start_container()]
+            .iter()
+            .any(|h| h.as_ref().is_some_and(|h| !h.is_empty()))
+    })
+}
 
 /// Runs `hooks` of `phase` in order; the first failure stops them.
 pub fn run(phase: &str, hooks: &[Hook], state: &StateReport) -> Result<(), RuntimeError> {

@@ -15,35 +15,48 @@
 //! berth-agent runtime start ── opens exec.fifo ───────────────────────────▶ execve(process.args)
 //! ```
 //!
+//! `create` and the forked processes talk over one socket ([`sync`]): the
+//! intermediate says `hello` once it has made its user namespace and waits
+//! for `go`, by which time the runtime has written its id maps
+//! ([`userns`]) and put it in the container's cgroup, so the init and all
+//! it forks are accounted from the start.
+//!
 //! - [`spec`] — reading and checking `config.json`.
 //! - [`state`] — a container's durable state under `--root`, and its status.
 //! - [`rootfs`] — mounts, devices and `pivot_root`, never writing outside the rootfs.
+//! - [`cgroupfs`] — the container's own cgroups mounted inside it.
+//! - [`overlay`] — an overlayfs rootfs from image layers.
 //! - [`cgroups`] — resource limits, v2 and v1 behind one interface.
 //! - [`seccomp`] — a profile compiled to BPF and installed before exec.
-//! - [`hooks`] — the spec's hooks, run in the runtime's namespaces.
+//! - [`hooks`] — the spec's hooks, in the runtime's or the container's namespaces.
 //! - [`console`] — the pty handed over `--console-socket`.
-//! - [`container_create`], [`container_start`], [`container_kill`],
-//!   [`container_delete`], [`container_run`] — the verbs.
+//! - [`sealed`] — re-executing from a sealed copy where a container could
+//!   reach the binary.
+//! - [`container_create`], [`container_start`], [`container_exec`],
+//!   [`container_kill`], [`container_delete`], [`container_run`] — the verbs.
 //! - [`container_init`] — what the init process does between fork and exec.
 //! - [`cli`] — the runc-compatible command line.
-//!
-//! Not here yet: user namespaces, hooks inside the container's
-//! namespaces and `exec` (see the README).
 
+pub mod cgroupfs;
 pub mod cgroups;
 pub mod cli;
 pub mod console;
 pub mod container_create;
 pub mod container_delete;
+pub mod container_exec;
 pub mod container_init;
 pub mod container_kill;
 pub mod container_run;
 pub mod container_start;
 pub mod hooks;
+pub mod overlay;
 pub mod rootfs;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+mod sync;
+mod userns;
 
 use std::path::PathBuf;
 

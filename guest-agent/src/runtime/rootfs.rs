@@ -15,7 +15,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
-use super::RuntimeError;
+use super::{cgroupfs, RuntimeError};
 
 /// Symlinks followed while resolving one path before giving up, as the
 /// kernel's own limit (MAXSYMLINKS is 40).
@@ -157,16 +157,20 @@ fn make_mount_point(dest: &Path, file: bool) -> Result<(), RuntimeError> {
 
 /// Mounts one spec mount under `rootfs`; a relative bind source is taken
 /// relative to the bundle.
-fn mount_one(bundle: &Path, rootfs: &Path, m: &Mount) -> Result<(), RuntimeError> {
+fn mount_one(bundle: &Path, rootfs: &Path, m: &Mount, cgroup_ns: bool) -> Result<(), RuntimeError> {
     let dest = secure_join(rootfs, m.destination())?;
     let options = m.options().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_options(&options);
     let typ = m.typ().as_deref().unwrap_or("");
     let what = format!("mount {} on {}", typ, m.destination().display());
     if typ == "cgroup" || typ == "cgroup2" {
-        return Err(RuntimeError::Io {
-            action: what,
-            source: std::io::Error::other("cgroup mounts are not supported by this runtime yet"),
+        make_mount_point(&dest, false)?;
+        return cgroupfs::mount(rootfs, &dest, flags, cgroup_ns).map_err(|e| match e {
+            RuntimeError::Sys { action, source } => RuntimeError::Sys {
+                action: format!("{what}: {action}"),
+                source,
+            },
+            other => other,
         });
     }
     let is_bind = typ == "bind" || flags.contains(MsFlags::MS_BIND);
@@ -229,13 +233,23 @@ fn default_devices() -> Vec<(&'static str, u64, u64)> {
     ]
 }
 
+/// How a device node gets into the rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Devices {
+    /// mknod(2), as root of the host's user namespace may.
+    Create,
+    /// A bind mount of the host's node, as a user namespace allows no
+    /// mknod; such a device needs to exist on the host.
+    Bind,
+}
+
 fn make_device(
     rootfs: &Path,
     path: &Path,
     kind: SFlag,
-    major: u64,
-    minor: u64,
+    (major, minor): (u64, u64),
     mode: u32,
+    how: Devices,
 ) -> Result<(), RuntimeError> {
     let dest = secure_join(rootfs, path)?;
     if let Some(parent) = dest.parent() {
@@ -243,6 +257,20 @@ fn make_device(
             .map_err(RuntimeError::io(format!("create {}", parent.display())))?;
     }
     let _ = fs::remove_file(&dest);
+    if how == Devices::Bind {
+        make_mount_point(&dest, true)?;
+        return mount(
+            Some(path),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(RuntimeError::sys(format!(
+            "bind the host's device {}",
+            path.display()
+        )));
+    }
     mknod(
         &dest,
         kind,
@@ -256,9 +284,16 @@ fn make_device(
 }
 
 /// Creates the default devices, the spec's devices and the `/dev` links.
-fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
+fn create_devices(rootfs: &Path, spec: &Spec, how: Devices) -> Result<(), RuntimeError> {
     for (path, major, minor) in default_devices() {
-        make_device(rootfs, Path::new(path), SFlag::S_IFCHR, major, minor, 0o666)?;
+        make_device(
+            rootfs,
+            Path::new(path),
+            SFlag::S_IFCHR,
+            (major, minor),
+            0o666,
+            how,
+        )?;
     }
     let devices: Vec<LinuxDevice> = spec
         .linux()
@@ -275,9 +310,9 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
             rootfs,
             d.path(),
             kind,
-            d.major() as u64,
-            d.minor() as u64,
+            (d.major() as u64, d.minor() as u64),
             d.file_mode().unwrap_or(0o666),
+            how,
         )?;
     }
     let dev = secure_join(rootfs, Path::new("/dev"))?;
@@ -296,17 +331,25 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Builds the container's view of the file system and moves into it.
-/// Runs in the init process, inside its new mount namespace.
-pub fn prepare(bundle: &Path, rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
-    let linux = spec.linux().as_ref();
+/// Builds the container's view of the file system under the rootfs: the
+/// spec's mounts and the devices. Runs in the init process, inside its new
+/// mount namespace; [`enter`] then moves into it.
+pub fn mount_all(
+    bundle: &Path,
+    rootfs: &Path,
+    spec: &Spec,
+    in_user_ns: bool,
+) -> Result<(), RuntimeError> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let cgroup_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup);
     // Nothing mounted below may propagate back to the host.
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some("shared") => MsFlags::MS_SHARED,
-        Some("slave") => MsFlags::MS_SLAVE,
-        Some("unbindable") => MsFlags::MS_UNBINDABLE,
-        _ => MsFlags::MS_PRIVATE,
-    };
     mount(
         None::<&str>,
         "/",
@@ -328,9 +371,26 @@ pub fn prepare(bundle: &Path, rootfs: &Path, spec: &Spec) -> Result<(), RuntimeE
         rootfs.display()
     )))?;
     for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(bundle, rootfs, m)?;
+        mount_one(bundle, rootfs, m, cgroup_ns)?;
     }
-    create_devices(rootfs, spec)?;
+    let how = if in_user_ns {
+        Devices::Bind
+    } else {
+        Devices::Create
+    };
+    create_devices(rootfs, spec, how)
+}
+
+/// Moves into the rootfs built by [`mount_all`] with `pivot_root`, then
+/// masks and write-protects what the spec asks.
+pub fn enter(rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
+    let linux = spec.linux().as_ref();
+    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some("shared") => MsFlags::MS_SHARED,
+        Some("slave") => MsFlags::MS_SLAVE,
+        Some("unbindable") => MsFlags::MS_UNBINDABLE,
+        _ => MsFlags::MS_PRIVATE,
+    };
     pivot(rootfs)?;
     mount(
         None::<&str>,

@@ -57,31 +57,30 @@ impl Bundle {
             .as_ref()
             .and_then(|l| l.namespaces().clone())
             .unwrap_or_default();
-        if let Some(ns) = namespaces
+        let new_user_ns = namespaces
             .iter()
-            .find(|ns| ns.typ() == LinuxNamespaceType::User)
-        {
-            let _ = ns;
-            return Err(invalid(
-                "user namespaces are not supported by this runtime yet".into(),
-            ));
-        }
-        if let Some(hooks) = spec.hooks() {
-            let inside = hooks
-                .create_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty())
-                || hooks
-                    .start_container()
-                    .as_ref()
-                    .is_some_and(|h| !h.is_empty());
-            if inside {
-                return Err(invalid(
-                    "createContainer and startContainer hooks are not supported yet".into(),
-                ));
-            }
-        }
+            .any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_none());
+        super::userns::check(spec.linux().as_ref(), new_user_ns).map_err(invalid)?;
         Ok(Bundle { dir, rootfs, spec })
+    }
+}
+
+impl Bundle {
+    /// Whether anything of the container's can see a runtime process
+    /// before it execs: hooks inside the container, or a PID namespace
+    /// that is not the container's own. The runtime then runs from a sealed
+    /// copy of itself (see [`super::sealed`]).
+    pub fn exposes_runtime(&self) -> bool {
+        let own_pid_ns = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_none())
+            });
+        !own_pid_ns || super::hooks::any_inside(&self.spec)
     }
 }
 

@@ -24,6 +24,8 @@ const STATE_FILE: &str = "state.json";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Being set up by `create` (seen only by hooks).
+    Creating,
     /// Set up, waiting for `start`.
     Created,
     /// The user's process runs.
@@ -35,6 +37,7 @@ pub enum Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
             Status::Stopped => "stopped",
@@ -66,7 +69,7 @@ pub struct Saved {
 }
 
 /// The `state` output, the same JSON as runc's.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateReport {
     /// The OCI runtime spec version.
