@@ -132,12 +132,21 @@ fn bind_own(hierarchy: &Hierarchy, proc_cgroup: &str, dest: &Path) -> Result<(),
         ),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
+    // Our path is from the hierarchy's root; the mount shows it from
+    // `mount_root` down.
     let relative = own
         .strip_prefix(&hierarchy.mount_root)
-        .unwrap_or(&own)
-        .strip_prefix("/")
-        .unwrap_or(&own)
-        .to_owned();
+        .map_err(|_| RuntimeError::Io {
+            action: format!(
+                "find this process's cgroup in {}",
+                hierarchy.mount_point.display()
+            ),
+            source: std::io::Error::other(format!(
+                "{} is outside the mounted part {}",
+                own.display(),
+                hierarchy.mount_root.display()
+            )),
+        })?;
     let source = hierarchy.mount_point.join(relative);
     mount2(
         Some(&source),

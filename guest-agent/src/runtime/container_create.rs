@@ -151,8 +151,9 @@ fn intermediate(ctx: Intermediate<'_>) -> ! {
 /// Switches to uid and gid 0 of the new user namespace where they are
 /// mapped, so that what the init creates belongs to the container's root.
 fn become_namespace_root(linux: Option<&oci_spec::runtime::Linux>) -> Result<(), RuntimeError> {
-    let mapped =
-        |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| m.is_some_and(|m| userns::maps(m, 0));
+    let mapped = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.is_some_and(|m| userns::host_id(m, 0).is_some())
+    };
     if mapped(linux.and_then(|l| l.gid_mappings().as_ref())) {
         let root = nix::unistd::Gid::from_raw(0);
         nix::unistd::setresgid(root, root, root)
@@ -285,6 +286,24 @@ fn spawn(
     let fifo_path = dir.fifo();
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(RuntimeError::sys("create the exec FIFO"))?;
+    // The init opens it as the container's root, which a user namespace
+    // maps to another host uid: make the FIFO that uid's.
+    if let Some(linux) = bundle.spec.linux().as_ref() {
+        let host = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.as_deref().and_then(|m| userns::host_id(m, 0))
+        };
+        let (uid, gid) = (host(linux.uid_mappings()), host(linux.gid_mappings()));
+        if uid.is_some() || gid.is_some() {
+            nix::unistd::chown(
+                &fifo_path,
+                uid.map(nix::unistd::Uid::from_raw),
+                gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(RuntimeError::sys(
+                "hand the exec FIFO to the container's root",
+            ))?;
+        }
+    }
     let fifo = nix::fcntl::open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(RuntimeError::sys("open the exec FIFO"))?;
     let (mut channel, child_end) = sync::pair()?;

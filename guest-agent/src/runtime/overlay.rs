@@ -1,12 +1,15 @@
 //! An overlayfs rootfs: read-only image layers below, a container's own
 //! upper directory on top.
 //!
-//! The kernel takes mount options in one page, which a few dozen layers
-//! with long store paths fill. When the absolute paths do not fit, the
-//! mount is made from a thread that has its own working directory
-//! (`unshare(CLONE_FS)`) set to the layers' common parent, with the layers
-//! named relative to it — what Docker's and containerd's snapshotters do —
-//! so the process's working directory never changes under other threads.
+//! The kernel takes mount(2)'s options in one page, which a few dozen
+//! layers with long store paths fill. When the absolute paths do not fit:
+//! 1. the new mount API (`fsopen`/`fsconfig`), giving the layers one at a
+//!    time with `lowerdir+` (Linux 6.8 and later): no limit but overlayfs's
+//!    own stack depth;
+//! 2. on older kernels, mount(2) from a thread that has its own working
+//!    directory (`unshare(CLONE_FS)`) set to the layers' common parent, the
+//!    layers named relative to it — what Docker's and containerd's
+//!    snapshotters do — so the process's cwd never changes under others.
 
 use std::path::{Path, PathBuf};
 
@@ -79,8 +82,33 @@ impl Overlay {
         ))
     }
 
-    /// Mounts the overlay on `target`.
+    /// Mounts the overlay on `target`, by whichever way this kernel takes
+    /// this many layers.
     pub fn mount(&self, target: &Path) -> Result<(), RuntimeError> {
+        let absolute = self.check()?;
+        if absolute.len() <= MAX_OPTIONS {
+            return mount_overlay(target, &absolute);
+        }
+        match new_api::mount(self, target) {
+            Err(new_api::Error::Unsupported) => self.mount_relative(target),
+            Err(new_api::Error::Failed(e)) => Err(e),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Mounts the overlay with mount(2) alone, as on kernels before 6.8:
+    /// paths relative to the layers' common parent when the absolute ones
+    /// do not fit.
+    pub fn mount_legacy(&self, target: &Path) -> Result<(), RuntimeError> {
+        let absolute = self.check()?;
+        if absolute.len() <= MAX_OPTIONS {
+            return mount_overlay(target, &absolute);
+        }
+        self.mount_relative(target)
+    }
+
+    /// Checks the layer list; returns the options with absolute paths.
+    fn check(&self) -> Result<String, RuntimeError> {
         if self.lowers.is_empty() {
             return Err(invalid("layers", "no lower layer was given"));
         }
@@ -93,22 +121,24 @@ impl Overlay {
                 ),
             ));
         }
-        let all: Vec<&Path> = self
-            .lowers
-            .iter()
-            .chain([&self.upper, &self.work])
-            .map(PathBuf::as_path)
-            .collect();
-        if let Some(p) = all.iter().find(|p| !p.is_absolute()) {
+        if let Some(p) = self.all().find(|p| !p.is_absolute()) {
             return Err(invalid(
                 "layers",
                 format!("{} is not absolute", p.display()),
             ));
         }
-        let absolute = self.options(None)?;
-        if absolute.len() <= MAX_OPTIONS {
-            return mount_overlay(target, &absolute);
-        }
+        self.options(None)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Path> {
+        self.lowers
+            .iter()
+            .chain([&self.upper, &self.work])
+            .map(PathBuf::as_path)
+    }
+
+    fn mount_relative(&self, target: &Path) -> Result<(), RuntimeError> {
+        let all: Vec<&Path> = self.all().collect();
         let base = common_parent(&all);
         let relative = self.options(Some(&base))?;
         if relative.len() > MAX_OPTIONS {
@@ -152,6 +182,131 @@ fn mount_overlay(target: &Path, options: &str) -> Result<(), RuntimeError> {
         "mount the overlay on {}",
         target.display()
     )))
+}
+
+/// The new mount API, by raw system calls (the libc wrappers are recent).
+mod new_api {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::Path;
+
+    use nix::errno::Errno;
+    use nix::libc;
+
+    use super::{invalid, Overlay};
+    use crate::runtime::RuntimeError;
+
+    /// Why the new API did not mount.
+    pub(super) enum Error {
+        /// The kernel lacks the API or `lowerdir+`: use the old way.
+        Unsupported,
+        /// It is there and refused the mount.
+        Failed(RuntimeError),
+    }
+
+    fn c(text: &str) -> Result<CString, Error> {
+        CString::new(text).map_err(|_| Error::Failed(invalid("layers", "a path contains NUL")))
+    }
+
+    fn path_str(p: &Path) -> Result<&str, Error> {
+        p.to_str().ok_or_else(|| {
+            Error::Failed(invalid("layers", format!("{} is not UTF-8", p.display())))
+        })
+    }
+
+    /// `fsconfig(FSCONFIG_SET_STRING, key, value)`.
+    fn set(fs: &OwnedFd, key: &str, value: &str) -> Result<(), Errno> {
+        let (key, value) = (
+            CString::new(key).map_err(|_| Errno::EINVAL)?,
+            CString::new(value).map_err(|_| Errno::EINVAL)?,
+        );
+        // SAFETY: fsconfig reads two NUL-terminated strings that live for
+        // the call and a descriptor we own; it writes no memory of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                libc::FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn mount(overlay: &Overlay, target: &Path) -> Result<(), Error> {
+        let fstype = c("overlay")?;
+        // SAFETY: fsopen reads one NUL-terminated string that lives for
+        // the call; a non-negative result is a new descriptor we own.
+        let rc = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
+        if rc < 0 {
+            return Err(Error::Unsupported);
+        }
+        // SAFETY: `rc` is a fresh descriptor owned by nobody else.
+        let fs = unsafe { OwnedFd::from_raw_fd(rc as i32) };
+        let failed = |what: String| move |e: Errno| Error::Failed(RuntimeError::sys(what)(e));
+        let mut lowers = overlay.lowers.iter();
+        if let Some(first) = lowers.next() {
+            // A kernel without `lowerdir+` says EINVAL on the first one.
+            set(&fs, "lowerdir+", path_str(first)?).map_err(|_| Error::Unsupported)?;
+        }
+        for lower in lowers {
+            set(&fs, "lowerdir+", path_str(lower)?)
+                .map_err(failed(format!("add the overlay layer {}", lower.display())))?;
+        }
+        set(&fs, "upperdir", path_str(&overlay.upper)?)
+            .map_err(failed("set the overlay upperdir".into()))?;
+        set(&fs, "workdir", path_str(&overlay.work)?)
+            .map_err(failed("set the overlay workdir".into()))?;
+        // SAFETY: no pointers are passed; the descriptor is ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                libc::FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(failed("create the overlay".into())(Errno::last()));
+        }
+        // SAFETY: as above; a non-negative result is a new descriptor.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) };
+        if rc < 0 {
+            return Err(failed("make the overlay mount".into())(Errno::last()));
+        }
+        // SAFETY: `rc` is a fresh descriptor owned by nobody else.
+        let mnt = unsafe { OwnedFd::from_raw_fd(rc as i32) };
+        let to = c(path_str(target)?)?;
+        let empty = c("")?;
+        // SAFETY: move_mount reads two NUL-terminated strings that live for
+        // the call and descriptors we own (or AT_FDCWD).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mnt.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(failed(format!(
+                "attach the overlay on {}",
+                target.display()
+            ))(Errno::last()));
+        }
+        Ok(())
+    }
 }
 
 /// The deepest directory that holds all of `paths`.

@@ -17,11 +17,12 @@ fn map_text(mappings: &[LinuxIdMapping]) -> String {
         .collect()
 }
 
-/// Whether `id` inside the namespace has a mapping.
-pub(crate) fn maps(mappings: &[LinuxIdMapping], id: u32) -> bool {
-    mappings
-        .iter()
-        .any(|m| id >= m.container_id() && id - m.container_id() < m.size())
+/// The host id that `id` inside the namespace maps to.
+pub(crate) fn host_id(mappings: &[LinuxIdMapping], id: u32) -> Option<u32> {
+    mappings.iter().find_map(|m| {
+        (id >= m.container_id() && id - m.container_id() < m.size())
+            .then(|| m.host_id() + (id - m.container_id()))
+    })
 }
 
 /// Writes `linux`'s uid and gid maps for process `pid`.
@@ -85,8 +86,11 @@ mod tests {
     fn map_lines_and_lookup() {
         let m = [mapping(0, 100000, 65536), mapping(70000, 5, 1)];
         assert_eq!(map_text(&m), "0 100000 65536\n70000 5 1\n");
-        assert!(maps(&m, 0) && maps(&m, 65535) && maps(&m, 70000));
-        assert!(!maps(&m, 65536) && !maps(&m, 70001));
+        assert_eq!(host_id(&m, 65535), Some(165535));
+        assert_eq!(host_id(&m, 70001), None);
+        assert_eq!(host_id(&m, 0), Some(100000));
+        assert_eq!(host_id(&m, 70000), Some(5));
+        assert_eq!(host_id(&m, 65536), None);
     }
 
     #[test]
