@@ -21,6 +21,7 @@
 pub mod api;
 pub mod daemon;
 pub mod host_info;
+pub mod image;
 pub mod runtime;
 
 /// The agent's version, shared with the CLI through `berth-proto`.

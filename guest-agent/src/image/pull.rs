@@ -1,0 +1,316 @@
+//! Pulling an image: the reference's manifest (an index narrowed to this
+//! platform), its config, and its layers — fetched concurrently, each
+//! verified by digest while written, unpacked into its snapshot and
+//! checked against the config's diff id — then the name set.
+//!
+//! A layer two pulls share is fetched once: the second waits for the
+//! first. A download cut off midway resumes with a `Range` request where
+//! the registry allows it, and restarts from zero where it does not.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::digest::Digest;
+use super::manifest::{self, Compression, Descriptor, Document, Platform};
+use super::reference::Reference;
+use super::registry::Client;
+use super::store::{chain_id, ImageConfigBlob, ImageRecord, SnapshotInfo, Store};
+use super::unpack::unpack;
+use super::ImageError;
+
+/// How many layers download at once.
+const CONCURRENT_LAYERS: usize = 3;
+/// Attempts at one blob before giving up (a resume counts as one).
+const BLOB_ATTEMPTS: usize = 5;
+
+/// What a pull is doing, for progress displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The reference resolved to this digest.
+    Resolved {
+        /// The manifest or index digest.
+        digest: Digest,
+    },
+    /// A layer's state.
+    Layer {
+        /// The layer blob's digest.
+        digest: Digest,
+        /// What is happening to it.
+        status: LayerStatus,
+    },
+}
+
+/// One layer's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerStatus {
+    /// Already unpacked in the store.
+    AlreadyExists,
+    /// Bytes so far of the total.
+    Downloading {
+        /// Downloaded.
+        done: u64,
+        /// Of.
+        total: u64,
+    },
+    /// Being unpacked.
+    Extracting,
+    /// Done.
+    Complete,
+}
+
+/// Pulls images into a store; one per agent, shared by concurrent pulls.
+pub struct Puller {
+    store: Arc<Store>,
+    client: Arc<Client>,
+    in_flight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Puller {
+    /// A puller for `store` through `client`.
+    pub fn new(store: Arc<Store>, client: Arc<Client>) -> Self {
+        Puller {
+            store,
+            client,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Pulls `reference` for `platform`; sets its name in the store and
+    /// returns what the name points at.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        progress: Option<UnboundedSender<Progress>>,
+    ) -> Result<ImageRecord, ImageError> {
+        let report = |p: Progress| {
+            if let Some(tx) = &progress {
+                let _ = tx.send(p);
+            }
+        };
+        let (bytes, content_type, target) = self.client.get_manifest(reference).await?;
+        report(Progress::Resolved {
+            digest: target.clone(),
+        });
+        self.store.write_blob(&bytes, Some(&target))?;
+        let (manifest, manifest_digest) = match manifest::parse(&bytes, content_type.as_deref())? {
+            Document::Manifest(m) => (m, target.clone()),
+            Document::Index(index) => {
+                let entry = index.select(platform)?;
+                let (bytes, ct, digest) = self
+                    .client
+                    .get_manifest_at(reference, &entry.digest.to_string())
+                    .await?;
+                self.store.write_blob(&bytes, Some(&digest))?;
+                match manifest::parse(&bytes, ct.as_deref())? {
+                    Document::Manifest(m) => (m, digest),
+                    Document::Index(_) => {
+                        return Err(ImageError::InvalidManifest(format!(
+                            "the index entry {digest} for {platform} is another index"
+                        )))
+                    }
+                }
+            }
+        };
+        if !self.store.has_blob(&manifest.config.digest) {
+            self.fetch_blob(reference, &manifest.config, &|_, _| {})
+                .await?;
+        }
+        let config = ImageConfigBlob::parse(&self.store.read_blob(&manifest.config.digest)?)?;
+        if config.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::InvalidManifest(format!(
+                "{} layers in the manifest but {} diff ids in the config",
+                manifest.layers.len(),
+                config.diff_ids.len()
+            )));
+        }
+        let jobs = manifest.layers.iter().enumerate().map(|(i, layer)| {
+            let chain = chain_id(&config.diff_ids[..=i]);
+            let diff_id = config.diff_ids[i].clone();
+            let parent = if i == 0 {
+                None
+            } else {
+                chain_id(&config.diff_ids[..i])
+            };
+            let report = &report;
+            async move {
+                let chain = chain.ok_or_else(|| ImageError::InvalidManifest("no layers".into()))?;
+                self.layer(reference, layer, chain, diff_id, parent, report)
+                    .await
+            }
+        });
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(CONCURRENT_LAYERS);
+        while let Some(result) = results.next().await {
+            result?;
+        }
+        let record = ImageRecord {
+            target,
+            manifest: manifest_digest,
+            config: manifest.config.digest.clone(),
+            platform: platform.clone(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        self.store
+            .set_name(&reference.to_string(), record.clone())?;
+        Ok(record)
+    }
+
+    /// Makes layer `layer`'s snapshot unless it is there.
+    async fn layer(
+        &self,
+        reference: &Reference,
+        layer: &Descriptor,
+        chain: Digest,
+        diff_id: Digest,
+        parent: Option<Digest>,
+        report: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), ImageError> {
+        let status = |s: LayerStatus| {
+            report(Progress::Layer {
+                digest: layer.digest.clone(),
+                status: s,
+            })
+        };
+        if self.store.snapshot(&chain).is_some() {
+            status(LayerStatus::AlreadyExists);
+            return Ok(());
+        }
+        let compression = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
+            ImageError::InvalidManifest(format!(
+                "layer {} has media type {:?}, which is not a layer",
+                layer.digest, layer.media_type
+            ))
+        })?;
+        if !self.store.has_blob(&layer.digest) {
+            self.fetch_blob(reference, layer, &|done, total| {
+                status(LayerStatus::Downloading { done, total })
+            })
+            .await?;
+        }
+        status(LayerStatus::Extracting);
+        let store = self.store.clone();
+        let blob = self.store.blob_path(&layer.digest);
+        let layer_digest = layer.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            store.make_snapshot(&chain, |dir| {
+                let file = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
+                    action: format!("open layer {layer_digest}"),
+                    source: e,
+                })?;
+                let unpacked = unpack(BufReader::with_capacity(1 << 20, file), compression, dir)
+                    .map_err(|e| match e {
+                        ImageError::Layer(why) => {
+                            ImageError::Layer(format!("{layer_digest}: {why}"))
+                        }
+                        other => other,
+                    })?;
+                if unpacked.diff_id != diff_id {
+                    return Err(ImageError::Verify(format!(
+                        "layer {layer_digest} unpacks to {}, but the config says {diff_id}",
+                        unpacked.diff_id
+                    )));
+                }
+                Ok(SnapshotInfo {
+                    diff_id,
+                    parent,
+                    size: unpacked.size,
+                })
+            })
+        })
+        .await
+        .map_err(|e| ImageError::Layer(format!("the unpacking task failed: {e}")))??;
+        status(LayerStatus::Complete);
+        Ok(())
+    }
+
+    /// Downloads `blob` into the store, once even if asked concurrently.
+    async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        blob: &Descriptor,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), ImageError> {
+        let lock = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight.entry(blob.digest.clone()).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        if self.store.has_blob(&blob.digest) {
+            return Ok(());
+        }
+        let mut ingest = self
+            .store
+            .ingest(Some(blob.digest.clone()), Some(blob.size))?;
+        let mut last_error = None;
+        for _ in 0..BLOB_ATTEMPTS {
+            let offset = ingest.len();
+            let response = match self.client.get_blob(reference, &blob.digest, offset).await {
+                Ok(r) => r,
+                Err(e @ (ImageError::NotFound(_) | ImageError::Unauthorized { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            if offset > 0 && response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                // The registry ignored the range: start over.
+                ingest.reset()?;
+            }
+            let mut stream = response.bytes_stream();
+            let mut failed = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        ingest.write(&bytes)?;
+                        progress(ingest.len(), blob.size);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None if ingest.len() == blob.size => {
+                    tokio::task::spawn_blocking(move || ingest.commit())
+                        .await
+                        .map_err(|e| {
+                            ImageError::Verify(format!("the commit task failed: {e}"))
+                        })??;
+                    self.forget(&blob.digest);
+                    return Ok(());
+                }
+                None => {
+                    last_error = Some(ImageError::Verify(format!(
+                        "blob {} ended after {} of {} bytes",
+                        blob.digest,
+                        ingest.len(),
+                        blob.size
+                    )))
+                }
+                Some(e) => {
+                    last_error = Some(ImageError::Registry {
+                        registry: reference.api_host().to_owned(),
+                        message: format!("downloading {}: {e}", blob.digest),
+                    })
+                }
+            }
+        }
+        self.forget(&blob.digest);
+        Err(last_error.unwrap_or_else(|| {
+            ImageError::Verify(format!("blob {} did not download", blob.digest))
+        }))
+    }
+
+    fn forget(&self, digest: &Digest) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(digest);
+        }
+    }
+}

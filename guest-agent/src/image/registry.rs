@@ -1,0 +1,498 @@
+//! A client of the distribution API v2: manifests and blobs, with
+//! anonymous, basic and bearer-token auth.
+//!
+//! Auth follows the registry's lead: a request goes out with what is
+//! cached for its host and scope; on 401 the `WWW-Authenticate` challenge
+//! says how to authenticate (Basic, or Bearer with a realm that hands out
+//! tokens for a scope), and the request is sent once more. Tokens are
+//! cached per host and scope. Plain HTTP is used only for loopback hosts
+//! and hosts configured insecure; everything else is HTTPS with the
+//! system's roots plus any extra CA.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use super::digest::Digest;
+use super::manifest::media;
+use super::reference::Reference;
+use super::ImageError;
+
+/// How long connecting to a registry may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A user name and password (or token) for a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or access token.
+    pub password: String,
+}
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// Hosts (`host:port`) to speak plain HTTP to besides loopback.
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (PEM) to trust for HTTPS.
+    pub extra_ca_pem: Vec<Vec<u8>>,
+    /// Credentials by registry host.
+    pub credentials: HashMap<String, Credentials>,
+}
+
+/// How a host wants to be authenticated, once it has said.
+#[derive(Debug, Clone)]
+enum Scheme {
+    /// The host's credentials on every request.
+    Basic,
+    /// Tokens per scope, from the realm the last challenge named.
+    Bearer,
+}
+
+/// A registry client, shared by concurrent pulls and pushes.
+pub struct Client {
+    http: reqwest::Client,
+    config: RegistryConfig,
+    schemes: Mutex<HashMap<String, Scheme>>,
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+/// A challenge from `WWW-Authenticate`: the scheme and its parameters.
+fn parse_challenge(header: &str) -> Option<(String, HashMap<String, String>)> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = HashMap::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            // A quoted string; a backslash escapes the next character.
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end.min(quoted.len())..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.insert(key, value);
+        rest = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+/// Whether `host` (with or without a port) is a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Client {
+    /// A client with `config`.
+    pub fn new(config: RegistryConfig) -> Result<Self, ImageError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")));
+        for pem in &config.extra_ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ImageError::Registry {
+                registry: String::new(),
+                message: format!("an extra CA certificate does not read: {e}"),
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| ImageError::Registry {
+            registry: String::new(),
+            message: format!("cannot make an HTTP client: {e}"),
+        })?;
+        Ok(Client {
+            http,
+            config,
+            schemes: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The API base for `host`: `http://` for loopback and insecure
+    /// hosts, else `https://`.
+    pub fn base(&self, host: &str) -> String {
+        let plain = is_loopback(host) || self.config.insecure.iter().any(|h| h == host);
+        format!("{}://{host}/v2", if plain { "http" } else { "https" })
+    }
+
+    fn err(host: &str, message: impl Into<String>) -> ImageError {
+        ImageError::Registry {
+            registry: host.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// What to send for `host` and `scope` from what is cached.
+    fn cached_auth(&self, host: &str, scope: &str) -> Option<HeaderValue> {
+        let scheme = self.schemes.lock().ok()?.get(host).cloned()?;
+        match scheme {
+            Scheme::Basic => {
+                let c = self.config.credentials.get(host)?;
+                let raw = format!("{}:{}", c.username, c.password);
+                HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()
+            }
+            Scheme::Bearer => {
+                let token = self
+                    .tokens
+                    .lock()
+                    .ok()?
+                    .get(&(host.to_owned(), scope.to_owned()))
+                    .cloned()?;
+                HeaderValue::from_str(&format!("Bearer {token}")).ok()
+            }
+        }
+    }
+
+    /// Learns how `host` wants to be authenticated from a 401, and gets a
+    /// token for `scope` if it hands them out.
+    async fn authenticate(
+        &self,
+        host: &str,
+        scope: &str,
+        challenge: &str,
+    ) -> Result<(), ImageError> {
+        let (scheme, params) = parse_challenge(challenge)
+            .ok_or_else(|| Self::err(host, format!("unreadable challenge {challenge:?}")))?;
+        let creds = self.config.credentials.get(host);
+        match scheme.as_str() {
+            "basic" => {
+                if creds.is_none() {
+                    return Err(ImageError::Unauthorized {
+                        registry: host.to_owned(),
+                        message: "authentication required: no credentials were given for it".into(),
+                    });
+                }
+                if let Ok(mut s) = self.schemes.lock() {
+                    s.insert(host.to_owned(), Scheme::Basic);
+                }
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .cloned()
+                    .ok_or_else(|| Self::err(host, "a Bearer challenge without a realm"))?;
+                let service = params.get("service").cloned();
+                let mut request = self.http.get(&realm);
+                let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+                if let Some(s) = &service {
+                    query.push(("service", s));
+                }
+                request = request.query(&query);
+                if let Some(c) = creds {
+                    request = request.basic_auth(&c.username, Some(&c.password));
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| Self::err(host, format!("token request to {realm}: {e}")))?;
+                if response.status() == StatusCode::UNAUTHORIZED
+                    || response.status() == StatusCode::FORBIDDEN
+                {
+                    return Err(ImageError::Unauthorized {
+                        registry: host.to_owned(),
+                        message: format!(
+                            "the token service refused {scope}: {}",
+                            response.status()
+                        ),
+                    });
+                }
+                if !response.status().is_success() {
+                    return Err(Self::err(
+                        host,
+                        format!("token service {realm}: {}", response.status()),
+                    ));
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| Self::err(host, format!("token service answer: {e}")))?;
+                let body: Token = serde_json::from_slice(&bytes)
+                    .map_err(|e| Self::err(host, format!("token service answer: {e}")))?;
+                let token = body
+                    .token
+                    .or(body.access_token)
+                    .ok_or_else(|| Self::err(host, "the token service sent no token"))?;
+                if let Ok(mut t) = self.tokens.lock() {
+                    t.insert((host.to_owned(), scope.to_owned()), token);
+                }
+                if let Ok(mut s) = self.schemes.lock() {
+                    s.insert(host.to_owned(), Scheme::Bearer);
+                }
+                Ok(())
+            }
+            other => Err(Self::err(
+                host,
+                format!("unsupported auth scheme {other:?}"),
+            )),
+        }
+    }
+
+    /// Sends the request `build` makes, authenticating on a 401 and
+    /// sending it once more.
+    pub async fn send(
+        &self,
+        host: &str,
+        scope: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, ImageError> {
+        for attempt in 0..2 {
+            let mut request = build(&self.http);
+            if let Some(auth) = self.cached_auth(host, scope) {
+                request = request.header(AUTHORIZATION, auth);
+            }
+            let response = request.send().await.map_err(|e| {
+                let hint = if e.is_connect() {
+                    " (is the registry up, and is it HTTP or HTTPS?)"
+                } else {
+                    ""
+                };
+                Self::err(host, format!("{e}{hint}"))
+            })?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match (attempt, challenge) {
+                (0, Some(challenge)) => self.authenticate(host, scope, &challenge).await?,
+                _ => {
+                    return Err(ImageError::Unauthorized {
+                        registry: host.to_owned(),
+                        message: if self.config.credentials.contains_key(host) {
+                            "the credentials were refused".into()
+                        } else {
+                            "authentication required".into()
+                        },
+                    })
+                }
+            }
+        }
+        Err(Self::err(host, "authentication did not succeed"))
+    }
+
+    /// The scope string for `repository` and `actions` ("pull", "pull,push").
+    pub fn scope(repository: &str, actions: &str) -> String {
+        format!("repository:{repository}:{actions}")
+    }
+
+    /// Fails with the registry's own error text for a non-success status.
+    pub async fn check(host: &str, what: &str, response: Response) -> Result<Response, ImageError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("errors")?.get(0)?;
+                Some(format!(
+                    "{}: {}",
+                    e.get("code")?.as_str()?,
+                    e.get("message").and_then(|m| m.as_str()).unwrap_or("")
+                ))
+            })
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        if status == StatusCode::NOT_FOUND {
+            return Err(ImageError::NotFound(format!("{what} at {host} ({detail})")));
+        }
+        Err(Self::err(host, format!("{what}: {status} {detail}")))
+    }
+
+    /// Fetches the manifest (or index) `reference` names: its bytes, media
+    /// type and digest. A pinned digest is checked.
+    pub async fn get_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Option<String>, Digest), ImageError> {
+        self.get_manifest_at(reference, &reference.manifest_key())
+            .await
+    }
+
+    /// Fetches manifest `key` (a tag or digest) of `reference`'s repository.
+    pub async fn get_manifest_at(
+        &self,
+        reference: &Reference,
+        key: &str,
+    ) -> Result<(Vec<u8>, Option<String>, Digest), ImageError> {
+        let host = reference.api_host();
+        let url = format!(
+            "{}/{}/manifests/{key}",
+            self.base(host),
+            reference.repository()
+        );
+        let scope = Self::scope(reference.repository(), "pull");
+        let response = self
+            .send(host, &scope, |c| c.get(&url).header(ACCEPT, media::ACCEPT))
+            .await?;
+        let response = Self::check(
+            host,
+            &format!("manifest {}", reference.familiar()),
+            response,
+        )
+        .await?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Self::err(host, format!("reading manifest: {e}")))?
+            .to_vec();
+        let digest = Digest::of(&bytes);
+        if let Ok(pinned) = key.parse::<Digest>() {
+            if pinned != digest {
+                return Err(ImageError::Verify(format!(
+                    "the registry sent a manifest with digest {digest} for {pinned}"
+                )));
+            }
+        }
+        Ok((bytes, content_type, digest))
+    }
+
+    /// Starts fetching blob `digest` from byte `offset` on.
+    pub async fn get_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Response, ImageError> {
+        let host = reference.api_host();
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.base(host),
+            reference.repository()
+        );
+        let scope = Self::scope(reference.repository(), "pull");
+        let response = self
+            .send(host, &scope, |c| {
+                let mut headers = HeaderMap::new();
+                if offset > 0 {
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
+                        headers.insert(reqwest::header::RANGE, v);
+                    }
+                }
+                c.get(&url).headers(headers)
+            })
+            .await?;
+        Self::check(host, &format!("blob {digest}"), response).await
+    }
+}
+
+/// Standard base64 (for Basic auth), without a crate for ten lines.
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (scheme, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        )
+        .unwrap();
+        assert_eq!(scheme, "bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/busybox:pull");
+        let (scheme, p) = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
+        assert_eq!(
+            (scheme.as_str(), p["realm"].as_str()),
+            ("basic", "Registry Realm")
+        );
+        let (_, p) = parse_challenge(r#"Bearer realm="a\"b", service=x"#).unwrap();
+        assert_eq!((p["realm"].as_str(), p["service"].as_str()), ("a\"b", "x"));
+    }
+
+    #[test]
+    fn loopback_speaks_http_and_others_https() {
+        let c = Client::new(RegistryConfig {
+            insecure: vec!["reg.internal:5000".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.base("127.0.0.1:5000"), "http://127.0.0.1:5000/v2");
+        assert_eq!(c.base("localhost:5000"), "http://localhost:5000/v2");
+        assert_eq!(c.base("[::1]:5000"), "http://[::1]:5000/v2");
+        assert_eq!(c.base("reg.internal:5000"), "http://reg.internal:5000/v2");
+        assert_eq!(
+            c.base("registry-1.docker.io"),
+            "https://registry-1.docker.io/v2"
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+}

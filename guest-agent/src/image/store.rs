@@ -1,0 +1,610 @@
+//! The image store on disk:
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>          content, checked against its digest while written
+//! <root>/ingest/<random>             blobs being written (cleared on open)
+//! <root>/snapshots/<chain id hex>/   one unpacked layer each: fs/ and info.json
+//! <root>/snapshots/.tmp-<random>/    a snapshot being unpacked (cleared on open)
+//! <root>/images.json                 names → the image they point at
+//! ```
+//!
+//! Nothing half-written is ever visible under a final name: blobs and
+//! snapshots are made under a temporary name and renamed into place, and
+//! `images.json` is replaced atomically. Two writers of the same blob or
+//! snapshot (two pulls sharing a layer) both succeed; the first rename wins
+//! and the other's copy is dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::{Digest, Hasher};
+use super::manifest::{self, Document, Platform};
+use super::ImageError;
+
+/// What a name in the store points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// What the name was resolved to at the registry (an index or a
+    /// manifest): the digest `docker images --digests` shows.
+    pub target: Digest,
+    /// The platform's manifest.
+    pub manifest: Digest,
+    /// The image config; its digest is the image id.
+    pub config: Digest,
+    /// The platform pulled.
+    pub platform: Platform,
+    /// When the name was set (RFC 3339).
+    pub created: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Names {
+    images: BTreeMap<String, ImageRecord>,
+}
+
+/// A snapshot's description, in its `info.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// The layer's diff id (uncompressed digest).
+    pub diff_id: Digest,
+    /// The chain id of the layers below, if any.
+    pub parent: Option<Digest>,
+    /// The uncompressed size.
+    pub size: u64,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    names: Mutex<()>,
+}
+
+fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let action = action.into();
+    move |source| ImageError::Io { action, source }
+}
+
+/// A unique name for temporary files: pid, time and a counter.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The chain id of `diff_ids` (base first), as the image spec defines it.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    let mut chain: Option<Digest> = None;
+    for d in diff_ids {
+        chain = Some(match chain {
+            None => d.clone(),
+            Some(parent) => Digest::of(format!("{parent} {d}").as_bytes()),
+        });
+    }
+    chain
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`, clearing work left by an
+    /// interrupted writer.
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        for dir in ["blobs/sha256", "ingest", "snapshots"] {
+            fs::create_dir_all(root.join(dir))
+                .map_err(io(format!("create {}", root.join(dir).display())))?;
+        }
+        let leftovers = |dir: PathBuf, prefix: &str| -> Vec<PathBuf> {
+            fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect()
+        };
+        for stale in leftovers(root.join("ingest"), "") {
+            let _ = fs::remove_file(stale);
+        }
+        for stale in leftovers(root.join("snapshots"), ".tmp-") {
+            let _ = fs::remove_dir_all(stale);
+        }
+        Ok(Store {
+            root: root.to_owned(),
+            names: Mutex::new(()),
+        })
+    }
+
+    /// The store's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where blob `digest` lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether blob `digest` is present.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Reads a whole (small) blob.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+        fs::read(self.blob_path(digest)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::NotFound(format!("blob {digest}")),
+            _ => ImageError::Io {
+                action: format!("read blob {digest}"),
+                source: e,
+            },
+        })
+    }
+
+    /// Writes a whole (small) blob, checked against `expected` if given.
+    pub fn write_blob(
+        &self,
+        bytes: &[u8],
+        expected: Option<&Digest>,
+    ) -> Result<Digest, ImageError> {
+        let mut ingest = self.ingest(expected.cloned(), Some(bytes.len() as u64))?;
+        ingest.write(bytes)?;
+        ingest.commit()
+    }
+
+    /// Starts writing a blob; [`Ingest::commit`] checks it and puts it in
+    /// place.
+    pub fn ingest(
+        &self,
+        expected: Option<Digest>,
+        size: Option<u64>,
+    ) -> Result<Ingest, ImageError> {
+        let path = self.root.join("ingest").join(unique());
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(format!("create {}", path.display())))?;
+        Ok(Ingest {
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            path,
+            hasher: Hasher::new(),
+            expected,
+            size,
+            blobs: self.root.join("blobs/sha256"),
+            committed: false,
+        })
+    }
+
+    /// Where snapshot `chain` lives: the layer's files are in its `fs/`.
+    pub fn snapshot_path(&self, chain: &Digest) -> PathBuf {
+        self.root.join("snapshots").join(chain.hex())
+    }
+
+    /// A snapshot's info, if it is complete.
+    pub fn snapshot(&self, chain: &Digest) -> Option<SnapshotInfo> {
+        let bytes = fs::read(self.snapshot_path(chain).join("info.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Makes snapshot `chain` by running `fill` on an empty directory and
+    /// renaming it into place; `fill` returns the snapshot's info. If the
+    /// snapshot appeared meanwhile, the new copy is dropped.
+    pub fn make_snapshot(
+        &self,
+        chain: &Digest,
+        fill: impl FnOnce(&Path) -> Result<SnapshotInfo, ImageError>,
+    ) -> Result<SnapshotInfo, ImageError> {
+        if let Some(info) = self.snapshot(chain) {
+            return Ok(info);
+        }
+        let tmp = self
+            .root
+            .join("snapshots")
+            .join(format!(".tmp-{}", unique()));
+        let fs_dir = tmp.join("fs");
+        fs::create_dir_all(&fs_dir).map_err(io(format!("create {}", fs_dir.display())))?;
+        let result = fill(&fs_dir).and_then(|info| {
+            let json = serde_json::to_vec(&info).map_err(|e| ImageError::Io {
+                action: "encode snapshot info".into(),
+                source: e.into(),
+            })?;
+            fs::write(tmp.join("info.json"), json).map_err(io("write snapshot info"))?;
+            Ok(info)
+        });
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        match fs::rename(&tmp, self.snapshot_path(chain)) {
+            Ok(()) => Ok(info),
+            Err(_) if self.snapshot(chain).is_some() => {
+                let _ = fs::remove_dir_all(&tmp);
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(io(format!("put snapshot {chain} in place"))(e))
+            }
+        }
+    }
+
+    fn names_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    fn load_names(&self) -> Result<Names, ImageError> {
+        match fs::read(self.names_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
+                action: format!("read {}", self.names_path().display()),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Names::default()),
+            Err(e) => Err(io(format!("read {}", self.names_path().display()))(e)),
+        }
+    }
+
+    fn save_names(&self, names: &Names) -> Result<(), ImageError> {
+        let path = self.names_path();
+        let tmp = self.root.join(format!(".images.json.{}", unique()));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, names)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io(format!("write {}", path.display()))(e)
+        })
+    }
+
+    fn with_names<T>(
+        &self,
+        change: impl FnOnce(&mut Names) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        let _guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = self.load_names()?;
+        let out = change(&mut names)?;
+        self.save_names(&names)?;
+        Ok(out)
+    }
+
+    /// Points `name` (a full reference) at `record`.
+    pub fn set_name(&self, name: &str, record: ImageRecord) -> Result<(), ImageError> {
+        self.with_names(|n| {
+            n.images.insert(name.to_owned(), record);
+            Ok(())
+        })
+    }
+
+    /// Removes `name`; returns what it pointed at.
+    pub fn remove_name(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        self.with_names(|n| {
+            n.images
+                .remove(name)
+                .ok_or_else(|| ImageError::NotFound(format!("image {name}")))
+        })
+    }
+
+    /// Every name and what it points at.
+    pub fn names(&self) -> Result<BTreeMap<String, ImageRecord>, ImageError> {
+        let _guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.load_names()?.images)
+    }
+
+    /// What `name` points at.
+    pub fn lookup(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        self.names()?
+            .remove(name)
+            .ok_or_else(|| ImageError::NotFound(format!("image {name}")))
+    }
+
+    /// An image's manifest and config, read from the store.
+    pub fn image(
+        &self,
+        record: &ImageRecord,
+    ) -> Result<(manifest::Manifest, ImageConfigBlob), ImageError> {
+        let bytes = self.read_blob(&record.manifest)?;
+        let Document::Manifest(m) = manifest::parse(&bytes, None)? else {
+            return Err(ImageError::InvalidManifest(format!(
+                "{} is an index, not a manifest",
+                record.manifest
+            )));
+        };
+        let config = ImageConfigBlob::parse(&self.read_blob(&record.config)?)?;
+        Ok((m, config))
+    }
+
+    /// The snapshot directories an image's rootfs stacks, topmost first,
+    /// for [`crate::runtime::overlay::Overlay`].
+    pub fn lowers(&self, record: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
+        let (_, config) = self.image(record)?;
+        let mut out = Vec::new();
+        for n in 1..=config.diff_ids.len() {
+            let chain = chain_id(&config.diff_ids[..n])
+                .ok_or_else(|| ImageError::NotFound("layers".into()))?;
+            if self.snapshot(&chain).is_none() {
+                return Err(ImageError::NotFound(format!(
+                    "snapshot {chain} of image {}",
+                    record.config
+                )));
+            }
+            out.push(self.snapshot_path(&chain).join("fs"));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Removes every blob and snapshot no name needs (and leftovers of
+    /// interrupted writes); returns how many bytes of blobs went.
+    pub fn gc(&self) -> Result<GcReport, ImageError> {
+        let _guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let names = self.load_names()?;
+        let mut blobs: BTreeSet<Digest> = BTreeSet::new();
+        let mut snapshots: BTreeSet<Digest> = BTreeSet::new();
+        for record in names.images.values() {
+            blobs.insert(record.target.clone());
+            blobs.insert(record.manifest.clone());
+            blobs.insert(record.config.clone());
+            // An index may list other platforms' manifests; only ours is kept.
+            if let Ok((m, config)) = self.image(record) {
+                blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
+                for n in 1..=config.diff_ids.len() {
+                    snapshots.extend(chain_id(&config.diff_ids[..n]));
+                }
+            }
+        }
+        let mut report = GcReport::default();
+        for entry in fs::read_dir(self.root.join("blobs/sha256"))
+            .map_err(io("list blobs"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = format!("sha256:{name}")
+                .parse::<Digest>()
+                .is_ok_and(|d| blobs.contains(&d));
+            if !keep {
+                report.blob_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                report.blobs += 1;
+                fs::remove_file(entry.path())
+                    .map_err(io(format!("remove {}", entry.path().display())))?;
+            }
+        }
+        for entry in fs::read_dir(self.root.join("snapshots"))
+            .map_err(io("list snapshots"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = format!("sha256:{name}")
+                .parse::<Digest>()
+                .is_ok_and(|d| snapshots.contains(&d));
+            if !keep {
+                report.snapshots += 1;
+                fs::remove_dir_all(entry.path())
+                    .map_err(io(format!("remove {}", entry.path().display())))?;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Snapshots removed.
+    pub snapshots: u64,
+}
+
+/// The parts of an image config the store needs; the whole config stays
+/// in its blob.
+#[derive(Debug, Clone)]
+pub struct ImageConfigBlob {
+    /// The layers' diff ids, base first.
+    pub diff_ids: Vec<Digest>,
+    /// The parsed config.
+    pub config: oci_spec::image::ImageConfiguration,
+}
+
+impl ImageConfigBlob {
+    /// Reads a config blob.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ImageError> {
+        let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(bytes)
+            .map_err(|e| ImageError::InvalidManifest(format!("image config: {e}")))?;
+        let diff_ids = config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| d.parse::<Digest>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ImageConfigBlob { diff_ids, config })
+    }
+}
+
+/// A blob being written: hashed as it goes, checked and renamed into
+/// place by [`Ingest::commit`], deleted if dropped uncommitted.
+pub struct Ingest {
+    file: Option<std::io::BufWriter<File>>,
+    path: PathBuf,
+    hasher: Hasher,
+    expected: Option<Digest>,
+    size: Option<u64>,
+    blobs: PathBuf,
+    committed: bool,
+}
+
+impl Ingest {
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        if let Some(size) = self.size {
+            if self.hasher.len() + bytes.len() as u64 > size {
+                return Err(ImageError::Verify(format!(
+                    "more than the {size} bytes announced{}",
+                    self.expected
+                        .as_ref()
+                        .map(|d| format!(" for {d}"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        self.hasher.update(bytes);
+        match &mut self.file {
+            Some(f) => f.write_all(bytes).map_err(io("write a blob")),
+            None => Err(ImageError::Verify("write after commit".into())),
+        }
+    }
+
+    /// How many bytes so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
+    /// Starts over (a download that restarts from zero).
+    pub fn reset(&mut self) -> Result<(), ImageError> {
+        self.hasher = Hasher::new();
+        let file = File::create(&self.path).map_err(io("restart a blob"))?;
+        self.file = Some(std::io::BufWriter::with_capacity(1 << 20, file));
+        Ok(())
+    }
+
+    /// Checks size and digest, syncs, and renames into place.
+    pub fn commit(mut self) -> Result<Digest, ImageError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| ImageError::Verify("committed twice".into()))?;
+        let len = self.hasher.len();
+        let digest = std::mem::take(&mut self.hasher).finish();
+        if let Some(size) = self.size {
+            if len != size {
+                return Err(ImageError::Verify(format!(
+                    "{} bytes where {size} were announced{}: the content is truncated",
+                    len,
+                    self.expected
+                        .as_ref()
+                        .map(|d| format!(" for {d}"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        if let Some(expected) = &self.expected {
+            if *expected != digest {
+                return Err(ImageError::Verify(format!(
+                    "the content's digest is {digest}, not {expected}"
+                )));
+            }
+        }
+        let file = file
+            .into_inner()
+            .map_err(|e| io("write a blob")(e.into_error()))?;
+        file.sync_all().map_err(io("sync a blob"))?;
+        fs::rename(&self.path, self.blobs.join(digest.hex()))
+            .map_err(io(format!("put blob {digest} in place")))?;
+        self.committed = true;
+        Ok(digest)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_checked_before_they_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = Digest::of(b"hello");
+        assert_eq!(store.write_blob(b"hello", Some(&good)).unwrap(), good);
+        assert_eq!(store.read_blob(&good).unwrap(), b"hello");
+        let wrong = Digest::of(b"other");
+        let err = store
+            .write_blob(b"hello!", Some(&wrong))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("digest"), "{err}");
+        assert!(!store.has_blob(&wrong));
+        // Truncated: fewer bytes than announced.
+        let mut ingest = store.ingest(Some(Digest::of(b"abcdef")), Some(6)).unwrap();
+        ingest.write(b"abc").unwrap();
+        assert!(ingest
+            .commit()
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        // Nothing is left in ingest/.
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        // An abandoned ingest is cleared when the store opens again.
+        let abandoned = store.ingest(None, None).unwrap();
+        std::mem::forget(abandoned);
+        drop(store);
+        Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]),
+            Some(Digest::of(format!("{a} {b}").as_bytes()))
+        );
+        assert_eq!(chain_id(&[]), None);
+    }
+
+    #[test]
+    fn names_are_saved_atomically_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Digest::of(b"x");
+        let record = ImageRecord {
+            target: d.clone(),
+            manifest: d.clone(),
+            config: d,
+            platform: Platform::host(),
+            created: "now".into(),
+        };
+        store
+            .set_name("docker.io/library/a:latest", record.clone())
+            .unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.lookup("docker.io/library/a:latest").unwrap(), record);
+        assert!(again.remove_name("docker.io/library/b:latest").is_err());
+        again.remove_name("docker.io/library/a:latest").unwrap();
+        assert!(again.names().unwrap().is_empty());
+    }
+}
