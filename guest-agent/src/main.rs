@@ -30,6 +30,8 @@ enum Command {
     },
     /// The OCI runtime: runc's verbs over a bundle.
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
+    /// The image store: pull, list, inspect, remove, gc.
+    Image(Box<berth_agent::image::cli::ImageArgs>),
 }
 
 fn init_logging() {
@@ -92,6 +94,13 @@ fn main() -> ExitCode {
         // starts the async runtime.
         Command::Runtime(args) => match berth_agent::runtime::cli::main(*args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Image(args) => match berth_agent::image::cli::main(*args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
                 ExitCode::FAILURE

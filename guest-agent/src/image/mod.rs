@@ -9,7 +9,9 @@
 //! - [`unpack`] — one layer into one snapshot directory, in overlay form.
 //! - [`registry`] — the distribution API v2 client and its auth.
 //! - [`pull`] — reference → manifest → blobs → snapshots → name.
+//! - [`cli`] — `berth-agent image …`.
 
+pub mod cli;
 pub mod digest;
 pub mod manifest;
 pub mod pull;

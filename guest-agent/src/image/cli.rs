@@ -1,0 +1,237 @@
+//! `berth-agent image …`: the image store from the command line — pull,
+//! list, inspect, remove, garbage-collect — for operators and tests.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::manifest::Platform;
+use super::pull::{LayerStatus, Progress, Puller};
+use super::reference::Reference;
+use super::registry::{Client, Credentials, RegistryConfig};
+use super::store::Store;
+use super::ImageError;
+
+/// Where the store lives unless `--root` says otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/berth-agent/images";
+
+/// The image command line.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image store's directory.
+    #[arg(long, default_value = DEFAULT_ROOT, global = true, value_name = "DIR")]
+    pub root: PathBuf,
+    /// A registry (host:port) to reach over plain HTTP (loopback always is).
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure: Vec<String>,
+    /// An extra CA certificate (PEM) to trust for registries.
+    #[arg(long = "registry-ca", global = true, value_name = "FILE")]
+    pub ca: Vec<PathBuf>,
+    /// The user name for the reference's registry.
+    #[arg(long, global = true)]
+    pub username: Option<String>,
+    /// Read the password for --username from standard input.
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// The image verbs.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from its registry.
+    Pull {
+        /// The image, e.g. busybox or localhost:5000/app:1.
+        reference: String,
+        /// The platform, OS/ARCH[/VARIANT] (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Print only the image id.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// List the images.
+    Ls,
+    /// Show an image's record, manifest and config as JSON.
+    Inspect {
+        /// The image.
+        reference: String,
+    },
+    /// Remove image names (their content goes at the next gc).
+    Rm {
+        /// The images.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Remove blobs and snapshots no image needs.
+    Gc,
+}
+
+fn print(text: &str) -> Result<(), ImageError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(ImageError::Io {
+            action: "write to stdout".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn client(args: &ImageArgs, registry: Option<&str>) -> Result<Client, ImageError> {
+    let mut config = RegistryConfig {
+        insecure: args.insecure.clone(),
+        ..Default::default()
+    };
+    for path in &args.ca {
+        config
+            .extra_ca_pem
+            .push(std::fs::read(path).map_err(|e| ImageError::Io {
+                action: format!("read {}", path.display()),
+                source: e,
+            })?);
+    }
+    if let (Some(username), Some(host)) = (&args.username, registry) {
+        let mut password = String::new();
+        if args.password_stdin {
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .map_err(|e| ImageError::Io {
+                    action: "read the password from stdin".into(),
+                    source: e,
+                })?;
+        }
+        config.credentials.insert(
+            host.to_owned(),
+            Credentials {
+                username: username.clone(),
+                password: password.trim_end_matches(['\n', '\r']).to_owned(),
+            },
+        );
+    }
+    Client::new(config)
+}
+
+/// Runs one image verb.
+pub fn main(args: ImageArgs) -> Result<(), ImageError> {
+    let store = Arc::new(Store::open(&args.root)?);
+    match &args.command {
+        ImageCommand::Pull {
+            reference,
+            platform,
+            quiet,
+        } => {
+            let reference: Reference = reference.parse()?;
+            let platform = match platform {
+                Some(p) => Platform::parse(p)?,
+                None => Platform::host(),
+            };
+            let client = Arc::new(client(&args, Some(reference.api_host()))?);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| ImageError::Io {
+                    action: "start the async runtime".into(),
+                    source: e,
+                })?;
+            let puller = Puller::new(store, client);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let quiet = *quiet;
+            let record = runtime.block_on(async {
+                let printer = tokio::spawn(async move {
+                    while let Some(p) = rx.recv().await {
+                        if quiet {
+                            continue;
+                        }
+                        let line = match p {
+                            Progress::Resolved { digest } => format!("resolved {digest}"),
+                            Progress::Layer { digest, status } => match status {
+                                LayerStatus::AlreadyExists => format!("{digest}: already exists"),
+                                LayerStatus::Extracting => format!("{digest}: extracting"),
+                                LayerStatus::Complete => format!("{digest}: pull complete"),
+                                LayerStatus::Downloading { .. } => continue,
+                            },
+                        };
+                        eprintln!("{line}");
+                    }
+                });
+                let record = puller.pull(&reference, &platform, Some(tx)).await;
+                let _ = printer.await;
+                record
+            })?;
+            if quiet {
+                print(&format!("{}\n", record.config))
+            } else {
+                print(&format!(
+                    "{}: pulled {} (digest {})\n",
+                    reference.familiar(),
+                    record.config,
+                    record.target
+                ))
+            }
+        }
+        ImageCommand::Ls => {
+            let mut text = format!(
+                "{:<50} {:<20} {:<14} {}\n",
+                "REPOSITORY", "TAG", "IMAGE ID", "PLATFORM"
+            );
+            for (name, record) in store.names()? {
+                let (repo, tag) = match name.parse::<Reference>() {
+                    Ok(r) => (r.familiar_name(), r.tag().unwrap_or("<none>").to_owned()),
+                    Err(_) => (name.clone(), "<none>".into()),
+                };
+                text.push_str(&format!(
+                    "{:<50} {:<20} {:<14} {}\n",
+                    repo,
+                    tag,
+                    &record.config.hex()[..12],
+                    record.platform
+                ));
+            }
+            print(&text)
+        }
+        ImageCommand::Inspect { reference } => {
+            let reference: Reference = reference.parse()?;
+            let record = store.lookup(&reference.to_string())?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&record.manifest)?)
+                    .map_err(|e| ImageError::InvalidManifest(e.to_string()))?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&record.config)?)
+                    .map_err(|e| ImageError::InvalidManifest(e.to_string()))?;
+            let lowers = store.lowers(&record)?;
+            let json = serde_json::json!({
+                "name": reference.to_string(),
+                "id": record.config,
+                "record": record,
+                "manifest": manifest,
+                "config": config,
+                "layers": lowers,
+            });
+            print(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            ))
+        }
+        ImageCommand::Rm { references } => {
+            for r in references {
+                let reference: Reference = r.parse()?;
+                store.remove_name(&reference.to_string())?;
+                print(&format!("untagged {}\n", reference.familiar()))?;
+            }
+            Ok(())
+        }
+        ImageCommand::Gc => {
+            let report = store.gc()?;
+            print(&format!(
+                "removed {} blobs ({} bytes) and {} snapshots\n",
+                report.blobs, report.blob_bytes, report.snapshots
+            ))
+        }
+    }
+}
