@@ -372,36 +372,39 @@ impl Store {
             }
         }
         let mut report = GcReport::default();
-        for entry in fs::read_dir(self.root.join("blobs/sha256"))
-            .map_err(io("list blobs"))?
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = format!("sha256:{name}")
-                .parse::<Digest>()
-                .is_ok_and(|d| blobs.contains(&d));
-            if !keep {
-                report.blob_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-                report.blobs += 1;
-                fs::remove_file(entry.path())
-                    .map_err(io(format!("remove {}", entry.path().display())))?;
-            }
+        for entry in self.unreferenced("blobs/sha256", &blobs)? {
+            report.blob_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            report.blobs += 1;
+            fs::remove_file(entry.path())
+                .map_err(io(format!("remove {}", entry.path().display())))?;
         }
-        for entry in fs::read_dir(self.root.join("snapshots"))
-            .map_err(io("list snapshots"))?
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = format!("sha256:{name}")
-                .parse::<Digest>()
-                .is_ok_and(|d| snapshots.contains(&d));
-            if !keep {
-                report.snapshots += 1;
-                fs::remove_dir_all(entry.path())
-                    .map_err(io(format!("remove {}", entry.path().display())))?;
-            }
+        for entry in self.unreferenced("snapshots", &snapshots)? {
+            report.snapshots += 1;
+            fs::remove_dir_all(entry.path())
+                .map_err(io(format!("remove {}", entry.path().display())))?;
         }
         Ok(report)
+    }
+}
+
+impl Store {
+    /// The entries of `dir` (named by digest hex) not in `keep`; anything
+    /// not named by a digest counts as unreferenced.
+    fn unreferenced(
+        &self,
+        dir: &str,
+        keep: &BTreeSet<Digest>,
+    ) -> Result<Vec<fs::DirEntry>, ImageError> {
+        let entries = fs::read_dir(self.root.join(dir)).map_err(io(format!("list {dir}")))?;
+        Ok(entries
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                !format!("sha256:{name}")
+                    .parse::<Digest>()
+                    .is_ok_and(|d| keep.contains(&d))
+            })
+            .collect())
     }
 }
 

@@ -30,21 +30,31 @@ pub struct RuntimeArgs {
     pub command: RuntimeCommand,
 }
 
+/// Flags for the process a verb starts, shared by `create`, `run` and
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Write the process's pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A unix socket to receive the pty master on, when the process has a
+    /// terminal.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Pass this many descriptors above 2 to the process.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+}
+
 /// Flags shared by `create` and `run`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The bundle directory (holding config.json).
     #[arg(long, short = 'b', default_value = ".", value_name = "DIR")]
     pub bundle: PathBuf,
-    /// Write the container's init pid to this file.
-    #[arg(long, value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// A unix socket to receive the pty master on, for `process.terminal`.
-    #[arg(long, value_name = "PATH")]
-    pub console_socket: Option<PathBuf>,
-    /// Pass this many descriptors above 2 to the container.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub preserve_fds: i32,
+    /// The process's pid file, console socket and descriptors.
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// The container id.
     pub id: String,
 }
@@ -80,15 +90,9 @@ pub struct ExecArgs {
     /// Set no_new_privileges for the process.
     #[arg(long)]
     pub no_new_privs: bool,
-    /// Write the process's pid to this file.
-    #[arg(long, value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// A unix socket to receive the pty master on, with --tty.
-    #[arg(long, value_name = "PATH")]
-    pub console_socket: Option<PathBuf>,
-    /// Pass this many descriptors above 2 to the process.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub preserve_fds: i32,
+    /// The process's pid file, console socket and descriptors.
+    #[command(flatten)]
+    pub io: ProcessArgs,
     /// The container id.
     pub id: String,
     /// The command and its arguments (unless --process).
@@ -162,9 +166,9 @@ fn options(root: PathBuf, args: CreateArgs) -> CreateOptions {
         id: args.id,
         bundle: args.bundle,
         root,
-        pid_file: args.pid_file,
-        preserve_fds: args.preserve_fds,
-        console_socket: args.console_socket,
+        pid_file: args.process.pid_file,
+        preserve_fds: args.process.preserve_fds,
+        console_socket: args.process.console_socket,
     }
 }
 
@@ -304,10 +308,10 @@ fn exec_options(root: PathBuf, args: ExecArgs) -> Result<ExecOptions, RuntimeErr
         root,
         id: args.id,
         process,
-        console_socket: args.console_socket,
-        pid_file: args.pid_file,
+        console_socket: args.io.console_socket,
+        pid_file: args.io.pid_file,
         detach: args.detach,
-        preserve_fds: args.preserve_fds,
+        preserve_fds: args.io.preserve_fds,
     })
 }
 
