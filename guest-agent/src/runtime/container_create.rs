@@ -16,7 +16,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 use super::cgroups::{self, Cgroup, Limits};
 use super::container_init::{self, InitContext};
 use super::spec::{validate_id, Bundle};
-use super::state::{proc_stat, ContainerDir, Saved, StateReport, Status};
+use super::state::{proc_stat, write_pid_file, ContainerDir, Saved, StateReport, Status};
 use super::{hooks, sync, userns, RuntimeError};
 
 /// What `create` is asked to do.
@@ -85,14 +85,7 @@ fn intermediate(ctx: Intermediate<'_>) -> ! {
     let result = (|| -> Result<Pid, RuntimeError> {
         let spec = &ctx.bundle.spec;
         let process = spec.process().as_ref();
-        // Inherited by the init; written while still root on the host, as
-        // a user namespace would not let the init write it itself.
-        if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
-            fs::write("/proc/self/oom_score_adj", adj.to_string())
-                .map_err(RuntimeError::io("set oom_score_adj"))?;
-        }
-        // Until exec: nothing of the container's may open our /proc files.
-        nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set non-dumpable"))?;
+        container_init::before_entering(process.and_then(|p| p.oom_score_adj()))?;
         let (new, join) = namespaces(ctx.bundle);
         // Existing namespaces first, the user namespace before the others
         // (they may belong to it), then a new user namespace, mapped by
@@ -340,13 +333,7 @@ fn spawn(
                 _ => Ok(()),
             }
             .and_then(|()| cgroup.add(intermediate_pid.as_raw()));
-            match setup {
-                Ok(()) => channel.send("go"),
-                Err(e) => {
-                    channel.send(&format!("abort:{e}"));
-                    error.get_or_insert(e.to_string());
-                }
-            }
+            channel.answer_hello(setup, &mut error);
         } else if let Some(pid) = line.strip_prefix("pid:") {
             init = pid.parse().ok().map(Pid::from_raw);
         } else if line == "hooks" {
@@ -409,10 +396,7 @@ fn spawn(
         let _ = kill(pid, Signal::SIGKILL);
     })?;
     if let Some(pid_file) = &opts.pid_file {
-        let tmp = pid_file.with_extension("tmp");
-        fs::write(&tmp, pid.to_string())
-            .and_then(|()| fs::rename(&tmp, pid_file))
-            .map_err(RuntimeError::io(format!("write {}", pid_file.display())))?;
+        write_pid_file(pid_file, pid.as_raw())?;
     }
     Ok(saved)
 }

@@ -25,10 +25,10 @@ use oci_spec::runtime::{Process, Spec};
 
 use super::cgroups::Cgroup;
 use super::container_create::console_for;
-use super::container_init::Prepared;
+use super::container_init::{self, Prepared};
 use super::container_run::{forwarded_signals, wait};
 use super::spec::Bundle;
-use super::state::{ContainerDir, Status};
+use super::state::{write_pid_file, ContainerDir, Status};
 use super::{console, sync, RuntimeError};
 
 /// What `exec` is asked to do.
@@ -140,13 +140,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, RuntimeError> {
     // Ends when the process has exec'd (its end closes on exec) or failed.
     while let Some(line) = channel.recv() {
         if line == "hello" {
-            match cgroup.add(intermediate_pid.as_raw()) {
-                Ok(()) => channel.send("go"),
-                Err(e) => {
-                    channel.send(&format!("abort:{e}"));
-                    error.get_or_insert(e.to_string());
-                }
-            }
+            channel.answer_hello(cgroup.add(intermediate_pid.as_raw()), &mut error);
         } else if let Some(n) = line.strip_prefix("pid:") {
             pid = n.parse().ok().map(Pid::from_raw);
         } else if let Some(reason) = line.strip_prefix("error:") {
@@ -173,10 +167,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, RuntimeError> {
     }
     let pid = pid.ok_or_else(|| fail("the process's pid was never reported".into()))?;
     if let Some(pid_file) = &opts.pid_file {
-        let tmp = pid_file.with_extension("tmp");
-        fs::write(&tmp, pid.to_string())
-            .and_then(|()| fs::rename(&tmp, pid_file))
-            .map_err(RuntimeError::io(format!("write {}", pid_file.display())))?;
+        write_pid_file(pid_file, pid.as_raw())?;
     }
     if opts.detach {
         return Ok(0);
@@ -201,12 +192,7 @@ struct Intermediate<'a> {
 fn intermediate(ctx: Intermediate<'_>) -> ! {
     let sync_fd = ctx.sync;
     let result = (|| -> Result<Pid, RuntimeError> {
-        // Until exec: no one in the container may open our /proc files.
-        nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set non-dumpable"))?;
-        if let Some(adj) = ctx.process.oom_score_adj() {
-            fs::write("/proc/self/oom_score_adj", adj.to_string())
-                .map_err(RuntimeError::io("set oom_score_adj"))?;
-        }
+        container_init::before_entering(ctx.process.oom_score_adj())?;
         sync::send(ctx.sync, "hello");
         sync::expect(ctx.sync, "go")?;
         for (fd, flag) in ctx.namespaces {

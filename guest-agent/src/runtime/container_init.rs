@@ -139,6 +139,19 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
     exec.exec(process, ctx.preserve_fds)
 }
 
+/// What a process does before it enters a container's namespaces
+/// (create's and exec's intermediates): the OOM score, inherited by its
+/// children and written while still root on the host, as a user namespace
+/// would not allow it later; and non-dumpable until exec, so nothing of the
+/// container's can open its /proc files.
+pub(crate) fn before_entering(oom_score_adj: Option<i32>) -> Result<(), RuntimeError> {
+    if let Some(adj) = oom_score_adj {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(RuntimeError::io("set oom_score_adj"))?;
+    }
+    nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set non-dumpable"))
+}
+
 /// The program and its arguments, environment and seccomp filters, made
 /// ready before the process reports "ready", so that a bad one fails the
 /// verb rather than the container.

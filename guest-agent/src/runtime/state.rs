@@ -177,6 +177,15 @@ impl ContainerDir {
     }
 }
 
+/// Writes `pid` to `path` (`--pid-file`) atomically: a reader never sees
+/// it empty or half-written.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, pid.to_string())
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(RuntimeError::io(format!("write {}", path.display())))
+}
+
 /// The start time (clock ticks since boot) and state letter of `pid`.
 pub fn proc_stat(pid: i32) -> Option<(u64, char)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -66,6 +66,19 @@ impl Parent {
         let _ = self.writer.write_all(line.as_bytes());
     }
 
+    /// Answers an intermediate's `hello` with the outcome of the set-up
+    /// done for it: `go`, or `abort:` with the reason, which is also kept
+    /// in `error` (the first error wins).
+    pub fn answer_hello(&mut self, setup: Result<(), RuntimeError>, error: &mut Option<String>) {
+        match setup {
+            Ok(()) => self.send("go"),
+            Err(e) => {
+                self.send(&format!("abort:{e}"));
+                error.get_or_insert(e.to_string());
+            }
+        }
+    }
+
     /// Closes the runtime's side for writing, so a child waiting in
     /// [`recv`] sees the end instead of hanging.
     pub fn shutdown(&self) {
