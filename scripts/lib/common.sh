@@ -40,7 +40,7 @@ ensure_rust_targets() {
 # What building and testing Berth needs from Debian: a C toolchain for
 # crates with build scripts, the shells and process tools the tests drive.
 BUILD_PACKAGES=(build-essential pkg-config)
-TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo)
+TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo apache2-utils openssl)
 
 ensure_toolchain() {
   command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"

@@ -291,3 +291,81 @@ fn hostile_layers_are_refused_and_change_nothing_outside() {
         None
     );
 }
+
+/// `skopeo` against the test registry, which speaks plain HTTP.
+fn skopeo(args: &[&str]) -> String {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_pushed_image_reads_back_with_skopeo() {
+    require_root();
+    let registry = Registry::start();
+    let host = &registry.host;
+    Layout::new(&[busybox_layer(), changes_layer()], None).push(&registry, "test/busybox:1");
+    let store = tempfile::Builder::new()
+        .prefix("images")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let pulled = format!("{host}/test/busybox:1");
+    ok(image(store.path(), &["pull", &pulled]));
+
+    // A new repository with no other name in the store to mount from:
+    // every blob goes up, the big layer in 64 KiB chunks.
+    let copy = format!("{host}/other/copy:2");
+    ok(image(store.path(), &["tag", &pulled, &copy]));
+    ok(image(store.path(), &["rm", &pulled]));
+    let push = image(store.path(), &["push", "--chunk-size", "65536", &copy]);
+    let (out, err) = (
+        String::from_utf8_lossy(&push.stdout),
+        String::from_utf8_lossy(&push.stderr),
+    );
+    assert!(push.status.success(), "{err}");
+    assert!(err.contains("pushing") && err.contains(": pushed"), "{err}");
+    let digest = out.trim().rsplit("digest ").next().unwrap().trim_end_matches(')');
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{copy}"),
+    ]))
+    .unwrap();
+    assert_eq!(inspect["Digest"], digest);
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+    // skopeo copies it out (checking every blob's digest) and the layout
+    // holds the same manifest we pushed.
+    let out_dir = tempfile::tempdir().unwrap();
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{copy}"),
+        &format!("oci:{}:copy", out_dir.path().display()),
+    ]);
+    let ours: serde_json::Value =
+        serde_json::from_str(&ok(image(store.path(), &["inspect", &copy]))).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(theirs["manifests"][0]["digest"], ours["record"]["manifest"]);
+
+    // Same registry, third repository: the blobs are mounted, not sent.
+    let third = format!("{host}/third/img:1");
+    ok(image(store.path(), &["tag", &copy, &third]));
+    let push = image(store.path(), &["push", &third]);
+    let err = String::from_utf8_lossy(&push.stderr);
+    assert!(push.status.success(), "{err}");
+    assert_eq!(err.matches("mounted from").count(), 3, "{err}");
+    // Pushed again: nothing to send.
+    let push = image(store.path(), &["push", &third]);
+    let err = String::from_utf8_lossy(&push.stderr);
+    assert_eq!(err.matches("already exists").count(), 3, "{err}");
+
+    // A name the store does not have.
+    let missing = image(store.path(), &["push", &format!("{host}/no/such:1")]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

@@ -1,14 +1,19 @@
 //! `berth-agent image …`: the image store from the command line — pull,
-//! list, inspect, remove, garbage-collect — for operators and tests.
+//! push, tag, list, inspect, remove, garbage-collect — for operators and
+//! tests.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::manifest::Platform;
-use super::pull::{LayerStatus, Progress, Puller};
+use super::progress::{LayerStatus, Progress};
+use super::pull::Puller;
+use super::push::Pusher;
 use super::reference::Reference;
 use super::registry::{Client, Credentials, RegistryConfig};
 use super::store::Store;
@@ -53,6 +58,24 @@ pub enum ImageCommand {
         /// Print only the image id.
         #[arg(long, short = 'q')]
         quiet: bool,
+    },
+    /// Push an image to the registry its name says.
+    Push {
+        /// The image, e.g. localhost:5000/app:1.
+        reference: String,
+        /// Upload blobs larger than this many bytes in chunks of it.
+        #[arg(long, value_name = "BYTES")]
+        chunk_size: Option<u64>,
+        /// Print only the manifest digest.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Give an image another name.
+    Tag {
+        /// The image's name.
+        source: String,
+        /// The new name.
+        target: String,
     },
     /// List the images.
     Ls,
@@ -116,6 +139,52 @@ fn client(args: &ImageArgs, registry: Option<&str>) -> Result<Client, ImageError
     Client::new(config)
 }
 
+/// Runs `work` to its end on a runtime of its own, printing on stderr the
+/// progress it sends (unless `quiet`): each step once, and transfers
+/// every tenth of the way.
+fn with_progress<T, F>(
+    quiet: bool,
+    work: impl FnOnce(UnboundedSender<Progress>) -> F,
+) -> Result<T, ImageError>
+where
+    F: std::future::Future<Output = Result<T, ImageError>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ImageError::Io {
+            action: "start the async runtime".into(),
+            source: e,
+        })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    runtime.block_on(async {
+        let printer = tokio::spawn(async move {
+            let mut tenths = HashMap::new();
+            while let Some(p) = rx.recv().await {
+                if quiet {
+                    continue;
+                }
+                if let Progress::Layer {
+                    digest,
+                    status:
+                        LayerStatus::Downloading { done, total } | LayerStatus::Uploading { done, total },
+                } = &p
+                {
+                    let tenth = done.saturating_mul(10) / (*total).max(1);
+                    if tenths.insert(digest.clone(), tenth) == Some(tenth) {
+                        continue;
+                    }
+                }
+                eprintln!("{p}");
+            }
+        });
+        let out = work(tx).await;
+        let _ = printer.await;
+        out
+    })
+}
+
 /// Runs one image verb.
 pub fn main(args: ImageArgs) -> Result<(), ImageError> {
     let store = Arc::new(Store::open(&args.root)?);
@@ -131,40 +200,9 @@ pub fn main(args: ImageArgs) -> Result<(), ImageError> {
                 None => Platform::host(),
             };
             let client = Arc::new(client(&args, Some(reference.api_host()))?);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| ImageError::Io {
-                    action: "start the async runtime".into(),
-                    source: e,
-                })?;
             let puller = Puller::new(store, client);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let quiet = *quiet;
-            let record = runtime.block_on(async {
-                let printer = tokio::spawn(async move {
-                    while let Some(p) = rx.recv().await {
-                        if quiet {
-                            continue;
-                        }
-                        let line = match p {
-                            Progress::Resolved { digest } => format!("resolved {digest}"),
-                            Progress::Layer { digest, status } => match status {
-                                LayerStatus::AlreadyExists => format!("{digest}: already exists"),
-                                LayerStatus::Extracting => format!("{digest}: extracting"),
-                                LayerStatus::Complete => format!("{digest}: pull complete"),
-                                LayerStatus::Downloading { .. } => continue,
-                            },
-                        };
-                        eprintln!("{line}");
-                    }
-                });
-                let record = puller.pull(&reference, &platform, Some(tx)).await;
-                let _ = printer.await;
-                record
-            })?;
-            if quiet {
+            let record = with_progress(*quiet, |tx| puller.pull(&reference, &platform, Some(tx)))?;
+            if *quiet {
                 print(&format!("{}\n", record.config))
             } else {
                 print(&format!(
@@ -174,6 +212,30 @@ pub fn main(args: ImageArgs) -> Result<(), ImageError> {
                     record.target
                 ))
             }
+        }
+        ImageCommand::Push {
+            reference,
+            chunk_size,
+            quiet,
+        } => {
+            let reference: Reference = reference.parse()?;
+            let client = Arc::new(client(&args, Some(reference.api_host()))?);
+            let mut pusher = Pusher::new(store, client);
+            if let Some(bytes) = chunk_size {
+                pusher = pusher.with_chunk_size(*bytes);
+            }
+            let digest = with_progress(*quiet, |tx| pusher.push(&reference, Some(tx)))?;
+            if *quiet {
+                print(&format!("{digest}\n"))
+            } else {
+                print(&format!("{}: pushed (digest {digest})\n", reference.familiar()))
+            }
+        }
+        ImageCommand::Tag { source, target } => {
+            let source: Reference = source.parse()?;
+            let target: Reference = target.parse()?;
+            let record = store.lookup(&source.to_string())?;
+            store.set_name(&target.to_string(), record)
         }
         ImageCommand::Ls => {
             let mut text = format!(

@@ -9,12 +9,16 @@
 //! - [`unpack`] — one layer into one snapshot directory, in overlay form.
 //! - [`registry`] — the distribution API v2 client and its auth.
 //! - [`pull`] — reference → manifest → blobs → snapshots → name.
+//! - [`push`] — name → blobs (skipped, mounted or uploaded) → manifest.
+//! - [`progress`] — what a pull or push is doing, blob by blob.
 //! - [`cli`] — `berth-agent image …`.
 
 pub mod cli;
 pub mod digest;
 pub mod manifest;
+pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -16,6 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::digest::Digest;
 use super::manifest::{self, Compression, Descriptor, Document, Platform};
+pub use super::progress::{LayerStatus, Progress};
 use super::reference::Reference;
 use super::registry::Client;
 use super::store::{chain_id, ImageConfigBlob, ImageRecord, SnapshotInfo, Store};
@@ -26,41 +27,6 @@ use super::ImageError;
 const CONCURRENT_LAYERS: usize = 3;
 /// Attempts at one blob before giving up (a resume counts as one).
 const BLOB_ATTEMPTS: usize = 5;
-
-/// What a pull is doing, for progress displays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// The reference resolved to this digest.
-    Resolved {
-        /// The manifest or index digest.
-        digest: Digest,
-    },
-    /// A layer's state.
-    Layer {
-        /// The layer blob's digest.
-        digest: Digest,
-        /// What is happening to it.
-        status: LayerStatus,
-    },
-}
-
-/// One layer's progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LayerStatus {
-    /// Already unpacked in the store.
-    AlreadyExists,
-    /// Bytes so far of the total.
-    Downloading {
-        /// Downloaded.
-        done: u64,
-        /// Of.
-        total: u64,
-    },
-    /// Being unpacked.
-    Extracting,
-    /// Done.
-    Complete,
-}
 
 /// Pulls images into a store; one per agent, shared by concurrent pulls.
 pub struct Puller {

@@ -5,15 +5,19 @@
 //! cached for its host and scope; on 401 the `WWW-Authenticate` challenge
 //! says how to authenticate (Basic, or Bearer with a realm that hands out
 //! tokens for a scope), and the request is sent once more. Tokens are
-//! cached per host and scope. Plain HTTP is used only for loopback hosts
-//! and hosts configured insecure; everything else is HTTPS with the
-//! system's roots plus any extra CA.
+//! cached per host and scope. Everything is HTTPS with the system's roots
+//! plus any extra CA, except that loopback hosts and hosts configured
+//! insecure fall back to plain HTTP when they do not speak TLS (as Docker
+//! does); which one a host speaks is learnt once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::digest::Digest;
@@ -59,6 +63,22 @@ pub struct Client {
     config: RegistryConfig,
     schemes: Mutex<HashMap<String, Scheme>>,
     tokens: Mutex<HashMap<(String, String), String>>,
+    bases: Mutex<HashMap<String, String>>,
+}
+
+/// Where a blob upload stands: the URL the registry said to go on at.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    location: reqwest::Url,
+}
+
+/// What starting a blob upload came to.
+#[derive(Debug)]
+pub enum UploadStart {
+    /// The blob was mounted from another repository: nothing to send.
+    Mounted,
+    /// An upload session to send the blob through.
+    Session(Upload),
 }
 
 /// A challenge from `WWW-Authenticate`: the scheme and its parameters.
@@ -101,6 +121,12 @@ fn parse_challenge(header: &str) -> Option<(String, HashMap<String, String>)> {
     Some((scheme.to_ascii_lowercase(), params))
 }
 
+/// Whether `host` may be spoken to over plain HTTP when it does not
+/// speak TLS: loopback hosts and those configured insecure.
+fn plain_allowed(host: &str, insecure: &[String]) -> bool {
+    is_loopback(host) || insecure.iter().any(|h| h == host)
+}
+
 /// Whether `host` (with or without a port) is a loopback address.
 fn is_loopback(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -136,14 +162,28 @@ impl Client {
             config,
             schemes: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            bases: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The API base for `host`: `http://` for loopback and insecure
-    /// hosts, else `https://`.
-    pub fn base(&self, host: &str) -> String {
-        let plain = is_loopback(host) || self.config.insecure.iter().any(|h| h == host);
-        format!("{}://{host}/v2", if plain { "http" } else { "https" })
+    /// The API base for `host`: `https://…/v2`, or `http://…/v2` for a
+    /// loopback or insecure host that does not answer TLS.
+    pub async fn base(&self, host: &str) -> String {
+        let https = format!("https://{host}/v2");
+        if !plain_allowed(host, &self.config.insecure) {
+            return https;
+        }
+        if let Some(base) = self.bases.lock().ok().and_then(|b| b.get(host).cloned()) {
+            return base;
+        }
+        let base = match self.http.get(format!("{https}/")).send().await {
+            Ok(_) => https,
+            Err(_) => format!("http://{host}/v2"),
+        };
+        if let Ok(mut bases) = self.bases.lock() {
+            bases.insert(host.to_owned(), base.clone());
+        }
+        base
     }
 
     fn err(host: &str, message: impl Into<String>) -> ImageError {
@@ -205,7 +245,8 @@ impl Client {
                     .ok_or_else(|| Self::err(host, "a Bearer challenge without a realm"))?;
                 let service = params.get("service").cloned();
                 let mut request = self.http.get(&realm);
-                let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+                let mut query: Vec<(&str, &str)> =
+                    scope.split(' ').map(|s| ("scope", s)).collect();
                 if let Some(s) = &service {
                     query.push(("service", s));
                 }
@@ -358,7 +399,7 @@ impl Client {
         let host = reference.api_host();
         let url = format!(
             "{}/{}/manifests/{key}",
-            self.base(host),
+            self.base(host).await,
             reference.repository()
         );
         let scope = Self::scope(reference.repository(), "pull");
@@ -402,7 +443,7 @@ impl Client {
         let host = reference.api_host();
         let url = format!(
             "{}/{}/blobs/{digest}",
-            self.base(host),
+            self.base(host).await,
             reference.repository()
         );
         let scope = Self::scope(reference.repository(), "pull");
@@ -418,6 +459,161 @@ impl Client {
             })
             .await?;
         Self::check(host, &format!("blob {digest}"), response).await
+    }
+    /// Whether `reference`'s repository has blob `digest`.
+    pub async fn has_blob(&self, reference: &Reference, digest: &Digest) -> Result<bool, ImageError> {
+        let host = reference.api_host();
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.base(host).await,
+            reference.repository()
+        );
+        let scope = Self::scope(reference.repository(), "pull,push");
+        let response = self.send(host, &scope, |c| c.head(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(true),
+            _ => Self::check(host, &format!("blob {digest}"), response)
+                .await
+                .map(|_| false),
+        }
+    }
+
+    /// Starts uploading blob `digest` to `reference`'s repository, asking
+    /// to mount it from repository `from` on the same registry instead.
+    pub async fn start_upload(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        from: Option<&str>,
+    ) -> Result<UploadStart, ImageError> {
+        let host = reference.api_host();
+        let base = self.base(host).await;
+        let url = format!("{base}/{}/blobs/uploads/", reference.repository());
+        let mut scope = Self::scope(reference.repository(), "pull,push");
+        let mut query = Vec::new();
+        if let Some(from) = from {
+            scope = format!("{scope} {}", Self::scope(from, "pull"));
+            query = vec![("mount", digest.to_string()), ("from", from.to_owned())];
+        }
+        let response = self
+            .send(host, &scope, |c| {
+                c.post(&url)
+                    .query(&query)
+                    .header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let response = Self::check(host, &format!("starting the upload of {digest}"), response).await?;
+        if response.status() == StatusCode::CREATED && from.is_some() {
+            return Ok(UploadStart::Mounted);
+        }
+        Ok(UploadStart::Session(Upload {
+            location: Self::location(host, &base, &response)?,
+        }))
+    }
+
+    /// The `Location` an upload response names, resolved against `base`.
+    fn location(host: &str, base: &str, response: &Response) -> Result<reqwest::Url, ImageError> {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Self::err(host, "an upload answer without a Location"))?;
+        reqwest::Url::parse(base)
+            .and_then(|b| b.join(location))
+            .map_err(|e| Self::err(host, format!("upload location {location:?}: {e}")))
+    }
+
+    /// Sends `chunk`, the bytes from `offset` on, into `upload`.
+    pub async fn upload_chunk(
+        &self,
+        reference: &Reference,
+        upload: Upload,
+        offset: u64,
+        chunk: bytes::Bytes,
+    ) -> Result<Upload, ImageError> {
+        let host = reference.api_host();
+        let base = self.base(host).await;
+        let scope = Self::scope(reference.repository(), "pull,push");
+        let end = offset + chunk.len() as u64;
+        let range = format!("{offset}-{}", end.saturating_sub(1));
+        let response = self
+            .send(host, &scope, |c| {
+                c.patch(upload.location.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, range.as_str())
+                    .header(CONTENT_LENGTH, chunk.len())
+                    .body(chunk.clone())
+            })
+            .await?;
+        let response = Self::check(host, &format!("uploading bytes {range}"), response).await?;
+        Ok(Upload {
+            location: Self::location(host, &base, &response)?,
+        })
+    }
+
+    /// Ends `upload` as blob `digest`, sending `last` (all of a
+    /// monolithic upload, or nothing after chunks).
+    pub async fn finish_upload(
+        &self,
+        reference: &Reference,
+        upload: Upload,
+        digest: &Digest,
+        last: bytes::Bytes,
+    ) -> Result<(), ImageError> {
+        let host = reference.api_host();
+        let scope = Self::scope(reference.repository(), "pull,push");
+        let mut url = upload.location;
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let response = self
+            .send(host, &scope, |c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, last.len())
+                    .body(last.clone())
+            })
+            .await?;
+        Self::check(host, &format!("committing blob {digest}"), response).await?;
+        Ok(())
+    }
+
+    /// Puts manifest `bytes` of `media_type` under `key` (a tag or
+    /// digest); checks the digest the registry says it stored.
+    pub async fn put_manifest(
+        &self,
+        reference: &Reference,
+        key: &str,
+        media_type: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<Digest, ImageError> {
+        let host = reference.api_host();
+        let url = format!(
+            "{}/{}/manifests/{key}",
+            self.base(host).await,
+            reference.repository()
+        );
+        let scope = Self::scope(reference.repository(), "pull,push");
+        let response = self
+            .send(host, &scope, |c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        let response = Self::check(host, &format!("manifest {}", reference.familiar()), response).await?;
+        let digest = Digest::of(&bytes);
+        if let Some(said) = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if said != digest.to_string() {
+                return Err(ImageError::Verify(format!(
+                    "the registry stored manifest {said} for {digest}"
+                )));
+            }
+        }
+        Ok(digest)
     }
 }
 
@@ -467,20 +663,14 @@ mod tests {
     }
 
     #[test]
-    fn loopback_speaks_http_and_others_https() {
-        let c = Client::new(RegistryConfig {
-            insecure: vec!["reg.internal:5000".into()],
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(c.base("127.0.0.1:5000"), "http://127.0.0.1:5000/v2");
-        assert_eq!(c.base("localhost:5000"), "http://localhost:5000/v2");
-        assert_eq!(c.base("[::1]:5000"), "http://[::1]:5000/v2");
-        assert_eq!(c.base("reg.internal:5000"), "http://reg.internal:5000/v2");
-        assert_eq!(
-            c.base("registry-1.docker.io"),
-            "https://registry-1.docker.io/v2"
-        );
+    fn only_loopback_and_insecure_hosts_may_be_plain_http() {
+        let insecure = vec!["reg.internal:5000".to_owned()];
+        for host in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "reg.internal:5000"] {
+            assert!(plain_allowed(host, &insecure), "{host}");
+        }
+        for host in ["registry-1.docker.io", "reg.internal:5001", "10.0.0.1:5000"] {
+            assert!(!plain_allowed(host, &insecure), "{host}");
+        }
     }
 
     #[test]
