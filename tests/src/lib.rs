@@ -6,6 +6,7 @@
 
 pub mod registry;
 pub mod runtime;
+pub mod token;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,23 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub host: String,
-    _dir: tempfile::TempDir,
+    /// `user:password` that the registry (or its token service) accepts.
+    pub creds: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+/// How a test registry is set up beyond the plain, open default.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Basic auth (htpasswd, bcrypt) with this user and password.
+    pub basic: Option<(String, String)>,
+    /// Bearer-token auth: tokens from this realm URL, signed by the key
+    /// whose certificate is at this path, handed out for these
+    /// credentials (`user:password`).
+    pub token: Option<(String, PathBuf, String)>,
+    /// HTTPS with a certificate for 127.0.0.1 from a CA of its own
+    /// ([`Registry::ca`]).
+    pub tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -25,27 +41,138 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `openssl` with `args` in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `ca.pem`/`ca.key` and, signed by it, `<name>.pem`/`<name>.key`
+/// for 127.0.0.1 in `dir`.
+pub fn certificates(dir: &Path, name: &str) {
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        );
+    }
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &pem,
+        ],
+    );
+}
+
 impl Registry {
-    /// Starts a registry and waits until it answers.
+    /// Starts an open, plain-HTTP registry and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(&Options::default())
+    }
+
+    /// Starts a registry set up as `options` say.
+    pub fn start_with(options: &Options) -> Self {
         assert!(
             Path::new("/usr/bin/docker-registry").exists(),
             "these tests need Debian's docker-registry (scripts/test installs it)"
         );
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if options.tls {
+            certificates(dir.path(), "registry");
+            config.push_str(&format!(
+                "  tls:\n    certificate: {0}/registry.pem\n    key: {0}/registry.key\n",
+                dir.path().display()
+            ));
+        }
+        if let Some((user, password)) = &options.basic {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "htpasswd (apache2-utils) failed");
+            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}/htpasswd\n",
+                dir.path().display()
+            ));
+        }
+        if let Some((realm, cert, _)) = &options.token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: berth-test\n    issuer: berth-test-issuer\n    rootcertbundle: {}\n",
+                cert.display()
+            ));
+        }
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, config).unwrap();
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
-            .arg(&config)
+            .arg(&path)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
             .spawn()
@@ -56,11 +183,22 @@ impl Registry {
             assert!(Instant::now() < deadline, "the registry did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let creds = options
+            .basic
+            .as_ref()
+            .map(|(u, p)| format!("{u}:{p}"))
+            .or_else(|| options.token.as_ref().map(|(_, _, c)| c.clone()));
         Registry {
             child,
             host,
-            _dir: dir,
+            creds,
+            dir,
         }
+    }
+
+    /// The CA certificate a TLS registry's certificate is signed by.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 }
 
@@ -183,8 +321,12 @@ impl Layout {
 
     /// Copies the image to `registry` as `name` with skopeo.
     pub fn push(&self, registry: &Registry, name: &str) {
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
+        let mut command = Command::new("skopeo");
+        command.args(["copy", "--dest-tls-verify=false"]);
+        if let Some(creds) = &registry.creds {
+            command.arg(format!("--dest-creds={creds}"));
+        }
+        let out = command
             .arg(format!("oci:{}:img", self.dir.path().display()))
             .arg(format!("docker://{}/{name}", registry.host))
             .output()

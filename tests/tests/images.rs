@@ -328,7 +328,12 @@ fn a_pushed_image_reads_back_with_skopeo() {
     );
     assert!(push.status.success(), "{err}");
     assert!(err.contains("pushing") && err.contains(": pushed"), "{err}");
-    let digest = out.trim().rsplit("digest ").next().unwrap().trim_end_matches(')');
+    let digest = out
+        .trim()
+        .rsplit("digest ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
     let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
         "inspect",
         "--tls-verify=false",

@@ -168,7 +168,8 @@ where
                 if let Progress::Layer {
                     digest,
                     status:
-                        LayerStatus::Downloading { done, total } | LayerStatus::Uploading { done, total },
+                        LayerStatus::Downloading { done, total }
+                        | LayerStatus::Uploading { done, total },
                 } = &p
                 {
                     let tenth = done.saturating_mul(10) / (*total).max(1);
@@ -228,7 +229,10 @@ pub fn main(args: ImageArgs) -> Result<(), ImageError> {
             if *quiet {
                 print(&format!("{digest}\n"))
             } else {
-                print(&format!("{}: pushed (digest {digest})\n", reference.familiar()))
+                print(&format!(
+                    "{}: pushed (digest {digest})\n",
+                    reference.familiar()
+                ))
             }
         }
         ImageCommand::Tag { source, target } => {

@@ -56,6 +56,10 @@ pub enum ImageError {
     /// Something is not in the store or the registry.
     #[error("{0} not found")]
     NotFound(String),
+    /// How registries are to be reached does not hold together (an
+    /// unreadable CA file, say).
+    #[error("registry settings: {0}")]
+    Config(String),
     /// The registry said no, or could not be reached.
     #[error("registry {registry}: {message}")]
     Registry {

@@ -115,10 +115,16 @@ mod tests {
             },
         }
         .to_string();
-        assert_eq!(line, format!("{}: downloading 1.5MB/2.0kB", &digest.hex()[..12]));
+        assert_eq!(
+            line,
+            format!("{}: downloading 1.5MB/2.0kB", &digest.hex()[..12])
+        );
         let line = Progress::Layer {
             digest,
-            status: LayerStatus::Uploading { done: 12, total: 999 },
+            status: LayerStatus::Uploading {
+                done: 12,
+                total: 999,
+            },
         }
         .to_string();
         assert!(line.ends_with("pushing 12B/999B"), "{line}");

@@ -18,7 +18,7 @@ use super::digest::Digest;
 use super::manifest::{self, Compression, Descriptor, Document, Platform};
 pub use super::progress::{LayerStatus, Progress};
 use super::reference::Reference;
-use super::registry::Client;
+use super::registry::{causes, Client};
 use super::store::{chain_id, ImageConfigBlob, ImageRecord, SnapshotInfo, Store};
 use super::unpack::unpack;
 use super::ImageError;
@@ -263,7 +263,7 @@ impl Puller {
                 Some(e) => {
                     last_error = Some(ImageError::Registry {
                         registry: reference.api_host().to_owned(),
-                        message: format!("downloading {}: {e}", blob.digest),
+                        message: format!("downloading {}: {}", blob.digest, causes(&e)),
                     })
                 }
             }

@@ -147,15 +147,20 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")));
         for pem in &config.extra_ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ImageError::Registry {
-                registry: String::new(),
-                message: format!("an extra CA certificate does not read: {e}"),
-            })?;
-            builder = builder.add_root_certificate(cert);
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ImageError::Config(
+                        "an extra CA certificate file holds no PEM certificate".into(),
+                    )
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
-        let http = builder.build().map_err(|e| ImageError::Registry {
-            registry: String::new(),
-            message: format!("cannot make an HTTP client: {e}"),
+        let http = builder.build().map_err(|e| {
+            ImageError::Config(format!("cannot make an HTTP client: {}", causes(&e)))
         })?;
         Ok(Client {
             http,
@@ -176,9 +181,16 @@ impl Client {
         if let Some(base) = self.bases.lock().ok().and_then(|b| b.get(host).cloned()) {
             return base;
         }
+        // Plain HTTP only when TLS fails and the host answers like a
+        // registry over HTTP; else requests go over HTTPS and report why
+        // TLS failed (an unknown CA, say).
+        let http = format!("http://{host}/v2");
         let base = match self.http.get(format!("{https}/")).send().await {
             Ok(_) => https,
-            Err(_) => format!("http://{host}/v2"),
+            Err(_) => match self.http.get(format!("{http}/")).send().await {
+                Ok(r) if r.status().is_success() || r.status() == StatusCode::UNAUTHORIZED => http,
+                _ => https,
+            },
         };
         if let Ok(mut bases) = self.bases.lock() {
             bases.insert(host.to_owned(), base.clone());
@@ -245,8 +257,7 @@ impl Client {
                     .ok_or_else(|| Self::err(host, "a Bearer challenge without a realm"))?;
                 let service = params.get("service").cloned();
                 let mut request = self.http.get(&realm);
-                let mut query: Vec<(&str, &str)> =
-                    scope.split(' ').map(|s| ("scope", s)).collect();
+                let mut query: Vec<(&str, &str)> = scope.split(' ').map(|s| ("scope", s)).collect();
                 if let Some(s) = &service {
                     query.push(("service", s));
                 }
@@ -254,10 +265,9 @@ impl Client {
                 if let Some(c) = creds {
                     request = request.basic_auth(&c.username, Some(&c.password));
                 }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| Self::err(host, format!("token request to {realm}: {e}")))?;
+                let response = request.send().await.map_err(|e| {
+                    Self::err(host, format!("token request to {realm}: {}", causes(&e)))
+                })?;
                 if response.status() == StatusCode::UNAUTHORIZED
                     || response.status() == StatusCode::FORBIDDEN
                 {
@@ -319,12 +329,13 @@ impl Client {
                 request = request.header(AUTHORIZATION, auth);
             }
             let response = request.send().await.map_err(|e| {
-                let hint = if e.is_connect() {
+                let text = causes(&e);
+                let hint = if e.is_connect() && !text.contains("certificate") {
                     " (is the registry up, and is it HTTP or HTTPS?)"
                 } else {
                     ""
                 };
-                Self::err(host, format!("{e}{hint}"))
+                Self::err(host, format!("{text}{hint}"))
             })?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
@@ -461,7 +472,11 @@ impl Client {
         Self::check(host, &format!("blob {digest}"), response).await
     }
     /// Whether `reference`'s repository has blob `digest`.
-    pub async fn has_blob(&self, reference: &Reference, digest: &Digest) -> Result<bool, ImageError> {
+    pub async fn has_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, ImageError> {
         let host = reference.api_host();
         let url = format!(
             "{}/{}/blobs/{digest}",
@@ -498,12 +513,11 @@ impl Client {
         }
         let response = self
             .send(host, &scope, |c| {
-                c.post(&url)
-                    .query(&query)
-                    .header(CONTENT_LENGTH, 0)
+                c.post(&url).query(&query).header(CONTENT_LENGTH, 0)
             })
             .await?;
-        let response = Self::check(host, &format!("starting the upload of {digest}"), response).await?;
+        let response =
+            Self::check(host, &format!("starting the upload of {digest}"), response).await?;
         if response.status() == StatusCode::CREATED && from.is_some() {
             return Ok(UploadStart::Mounted);
         }
@@ -564,7 +578,8 @@ impl Client {
         let host = reference.api_host();
         let scope = Self::scope(reference.repository(), "pull,push");
         let mut url = upload.location;
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let response = self
             .send(host, &scope, |c| {
                 c.put(url.clone())
@@ -600,7 +615,12 @@ impl Client {
                     .body(bytes.clone())
             })
             .await?;
-        let response = Self::check(host, &format!("manifest {}", reference.familiar()), response).await?;
+        let response = Self::check(
+            host,
+            &format!("manifest {}", reference.familiar()),
+            response,
+        )
+        .await?;
         let digest = Digest::of(&bytes);
         if let Some(said) = response
             .headers()
@@ -615,6 +635,21 @@ impl Client {
         }
         Ok(digest)
     }
+}
+
+/// An error with its causes, `outer: inner: innermost` (reqwest's own
+/// text leaves out why, e.g. which certificate check failed).
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Standard base64 (for Basic auth), without a crate for ten lines.
@@ -665,7 +700,12 @@ mod tests {
     #[test]
     fn only_loopback_and_insecure_hosts_may_be_plain_http() {
         let insecure = vec!["reg.internal:5000".to_owned()];
-        for host in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "reg.internal:5000"] {
+        for host in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "[::1]:5000",
+            "reg.internal:5000",
+        ] {
             assert!(plain_allowed(host, &insecure), "{host}");
         }
         for host in ["registry-1.docker.io", "reg.internal:5001", "10.0.0.1:5000"] {
