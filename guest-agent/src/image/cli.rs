@@ -3,13 +3,14 @@
 //! tests.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::archive;
 use super::manifest::Platform;
 use super::progress::{LayerStatus, Progress};
 use super::pull::Puller;
@@ -76,6 +77,28 @@ pub enum ImageCommand {
         source: String,
         /// The new name.
         target: String,
+    },
+    /// Write images to a tar: an OCI layout that `docker load` also reads.
+    Save {
+        /// The file to write (standard output if not given).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The images.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Read images from a tar (`docker save`, OCI layout; plain, gzip or
+    /// zstd) or an OCI layout directory.
+    Load {
+        /// The tar or directory.
+        #[arg(long, short = 'i', value_name = "FILE")]
+        input: PathBuf,
+        /// A name for the image (when the input holds one).
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+        /// The platform to take from a multi-platform image.
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// List the images.
     Ls,
@@ -186,6 +209,28 @@ where
     })
 }
 
+/// Saves `names` to `path` through a temporary file beside it, so that a
+/// failed save leaves nothing under that name.
+fn save_to(store: &Store, names: &[Reference], path: &Path) -> Result<(), ImageError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |action: &str| {
+        let action = format!("{action} {}", path.display());
+        move |source| ImageError::Io { action, source }
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create a file beside"))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    archive::save(store, names, &mut writer)?;
+    let tmp = writer
+        .into_inner()
+        .map_err(|e| io("write")(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(io("sync"))?;
+    tmp.persist(path).map_err(|e| io("write")(e.error))?;
+    Ok(())
+}
+
 /// Runs one image verb.
 pub fn main(args: ImageArgs) -> Result<(), ImageError> {
     let store = Arc::new(Store::open(&args.root)?);
@@ -240,6 +285,36 @@ pub fn main(args: ImageArgs) -> Result<(), ImageError> {
             let target: Reference = target.parse()?;
             let record = store.lookup(&source.to_string())?;
             store.set_name(&target.to_string(), record)
+        }
+        ImageCommand::Save { output, references } => {
+            let names = references
+                .iter()
+                .map(|r| r.parse())
+                .collect::<Result<Vec<Reference>, _>>()?;
+            match output {
+                Some(path) => save_to(&store, &names, path),
+                None if std::io::stdout().is_terminal() => Err(ImageError::Config(
+                    "refusing to write an archive to a terminal: give -o FILE or redirect".into(),
+                )),
+                None => archive::save(&store, &names, std::io::stdout().lock()),
+            }
+        }
+        ImageCommand::Load {
+            input,
+            tag,
+            platform,
+        } => {
+            let tag = tag.as_deref().map(str::parse::<Reference>).transpose()?;
+            let platform = match platform {
+                Some(p) => Platform::parse(p)?,
+                None => Platform::host(),
+            };
+            let mut text = String::new();
+            for (name, record) in archive::load(&store, input, &platform, tag.as_ref())? {
+                let familiar = name.parse::<Reference>().map_or(name, |r| r.familiar());
+                text.push_str(&format!("loaded {familiar} ({})\n", record.config));
+            }
+            print(&text)
         }
         ImageCommand::Ls => {
             let mut text = format!(

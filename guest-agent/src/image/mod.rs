@@ -9,10 +9,12 @@
 //! - [`unpack`] — one layer into one snapshot directory, in overlay form.
 //! - [`registry`] — the distribution API v2 client and its auth.
 //! - [`pull`] — reference → manifest → blobs → snapshots → name.
+//! - [`archive`] — `save` and `load`: OCI layouts and `docker save` tars.
 //! - [`push`] — name → blobs (skipped, mounted or uploaded) → manifest.
 //! - [`progress`] — what a pull or push is doing, blob by blob.
 //! - [`cli`] — `berth-agent image …`.
 
+pub mod archive;
 pub mod cli;
 pub mod digest;
 pub mod manifest;

@@ -8,7 +8,6 @@
 //! the registry allows it, and restarts from zero where it does not.
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -19,8 +18,7 @@ use super::manifest::{self, Compression, Descriptor, Document, Platform};
 pub use super::progress::{LayerStatus, Progress};
 use super::reference::Reference;
 use super::registry::{causes, Client};
-use super::store::{chain_id, ImageConfigBlob, ImageRecord, SnapshotInfo, Store};
-use super::unpack::unpack;
+use super::store::{plan, ImageConfigBlob, ImageRecord, LayerPlan, Store};
 use super::ImageError;
 
 /// How many layers download at once.
@@ -87,28 +85,9 @@ impl Puller {
                 .await?;
         }
         let config = ImageConfigBlob::parse(&self.store.read_blob(&manifest.config.digest)?)?;
-        if config.diff_ids.len() != manifest.layers.len() {
-            return Err(ImageError::InvalidManifest(format!(
-                "{} layers in the manifest but {} diff ids in the config",
-                manifest.layers.len(),
-                config.diff_ids.len()
-            )));
-        }
-        let jobs = manifest.layers.iter().enumerate().map(|(i, layer)| {
-            let chain = chain_id(&config.diff_ids[..=i]);
-            let diff_id = config.diff_ids[i].clone();
-            let parent = if i == 0 {
-                None
-            } else {
-                chain_id(&config.diff_ids[..i])
-            };
-            let report = &report;
-            async move {
-                let chain = chain.ok_or_else(|| ImageError::InvalidManifest("no layers".into()))?;
-                self.layer(reference, layer, chain, diff_id, parent, report)
-                    .await
-            }
-        });
+        let jobs = plan(&manifest, &config)?
+            .into_iter()
+            .map(|layer| self.layer(reference, layer, &report));
         let mut results = futures_util::stream::iter(jobs).buffer_unordered(CONCURRENT_LAYERS);
         while let Some(result) = results.next().await {
             result?;
@@ -129,67 +108,41 @@ impl Puller {
     async fn layer(
         &self,
         reference: &Reference,
-        layer: &Descriptor,
-        chain: Digest,
-        diff_id: Digest,
-        parent: Option<Digest>,
+        layer: LayerPlan,
         report: &(dyn Fn(Progress) + Sync),
     ) -> Result<(), ImageError> {
         let status = |s: LayerStatus| {
             report(Progress::Layer {
-                digest: layer.digest.clone(),
+                digest: layer.blob.digest.clone(),
                 status: s,
             })
         };
-        if self.store.snapshot(&chain).is_some() {
+        if self.store.snapshot(&layer.chain).is_some() {
             status(LayerStatus::AlreadyExists);
             return Ok(());
         }
-        let compression = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
-            ImageError::InvalidManifest(format!(
+        if Compression::of_media_type(&layer.blob.media_type).is_none() {
+            return Err(ImageError::InvalidManifest(format!(
                 "layer {} has media type {:?}, which is not a layer",
-                layer.digest, layer.media_type
-            ))
-        })?;
-        if !self.store.has_blob(&layer.digest) {
-            self.fetch_blob(reference, layer, &|done, total| {
+                layer.blob.digest, layer.blob.media_type
+            )));
+        }
+        if !self.store.has_blob(&layer.blob.digest) {
+            self.fetch_blob(reference, &layer.blob, &|done, total| {
                 status(LayerStatus::Downloading { done, total })
             })
             .await?;
         }
         status(LayerStatus::Extracting);
         let store = self.store.clone();
-        let blob = self.store.blob_path(&layer.digest);
-        let layer_digest = layer.digest.clone();
-        tokio::task::spawn_blocking(move || {
-            store.make_snapshot(&chain, |dir| {
-                let file = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
-                    action: format!("open layer {layer_digest}"),
-                    source: e,
-                })?;
-                let unpacked = unpack(BufReader::with_capacity(1 << 20, file), compression, dir)
-                    .map_err(|e| match e {
-                        ImageError::Layer(why) => {
-                            ImageError::Layer(format!("{layer_digest}: {why}"))
-                        }
-                        other => other,
-                    })?;
-                if unpacked.diff_id != diff_id {
-                    return Err(ImageError::Verify(format!(
-                        "layer {layer_digest} unpacks to {}, but the config says {diff_id}",
-                        unpacked.diff_id
-                    )));
-                }
-                Ok(SnapshotInfo {
-                    diff_id,
-                    parent,
-                    size: unpacked.size,
-                })
-            })
-        })
-        .await
-        .map_err(|e| ImageError::Layer(format!("the unpacking task failed: {e}")))??;
-        status(LayerStatus::Complete);
+        let digest = layer.blob.digest.clone();
+        tokio::task::spawn_blocking(move || store.unpack_layer(&layer))
+            .await
+            .map_err(|e| ImageError::Layer(format!("the unpacking task failed: {e}")))??;
+        report(Progress::Layer {
+            digest,
+            status: LayerStatus::Complete,
+        });
         Ok(())
     }
 

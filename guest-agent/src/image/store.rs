@@ -23,7 +23,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, Hasher};
-use super::manifest::{self, Document, Platform};
+use super::manifest::{self, Compression, Document, Platform};
+use super::unpack::unpack;
 use super::ImageError;
 
 /// What a name in the store points at.
@@ -99,7 +100,88 @@ pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
     chain
 }
 
+/// One layer of an image, placed: its blob, the snapshot it unpacks into,
+/// what it must unpack to, and the snapshot below it.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    /// The layer blob.
+    pub blob: manifest::Descriptor,
+    /// The snapshot's chain id.
+    pub chain: Digest,
+    /// The uncompressed digest the config promises.
+    pub diff_id: Digest,
+    /// The chain id of the layers below.
+    pub parent: Option<Digest>,
+}
+
+/// Pairs a manifest's layers with its config's diff ids, base first.
+pub fn plan(
+    manifest: &manifest::Manifest,
+    config: &ImageConfigBlob,
+) -> Result<Vec<LayerPlan>, ImageError> {
+    if config.diff_ids.len() != manifest.layers.len() {
+        return Err(ImageError::InvalidManifest(format!(
+            "{} layers in the manifest but {} diff ids in the config",
+            manifest.layers.len(),
+            config.diff_ids.len()
+        )));
+    }
+    let mut parent = None;
+    let mut out = Vec::new();
+    for (i, blob) in manifest.layers.iter().enumerate() {
+        let chain = chain_id(&config.diff_ids[..=i])
+            .ok_or_else(|| ImageError::InvalidManifest("no layers".into()))?;
+        out.push(LayerPlan {
+            blob: blob.clone(),
+            chain: chain.clone(),
+            diff_id: config.diff_ids[i].clone(),
+            parent: parent.replace(chain),
+        });
+    }
+    Ok(out)
+}
+
 impl Store {
+    /// Unpacks layer `layer`'s blob (already in the store) into its
+    /// snapshot unless that is there, checking it against its diff id.
+    /// Blocking: run it off the async threads.
+    pub fn unpack_layer(&self, layer: &LayerPlan) -> Result<(), ImageError> {
+        let digest = &layer.blob.digest;
+        let compression = Compression::of_media_type(&layer.blob.media_type).ok_or_else(|| {
+            ImageError::InvalidManifest(format!(
+                "layer {digest} has media type {:?}, which is not a layer",
+                layer.blob.media_type
+            ))
+        })?;
+        self.make_snapshot(&layer.chain, |dir| {
+            let file = File::open(self.blob_path(digest)).map_err(|e| ImageError::Io {
+                action: format!("open layer {digest}"),
+                source: e,
+            })?;
+            let unpacked = unpack(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                compression,
+                dir,
+            )
+            .map_err(|e| match e {
+                ImageError::Layer(why) => ImageError::Layer(format!("{digest}: {why}")),
+                other => other,
+            })?;
+            if unpacked.diff_id != layer.diff_id {
+                return Err(ImageError::Verify(format!(
+                    "layer {digest} unpacks to {}, but the config says {}",
+                    unpacked.diff_id, layer.diff_id
+                )));
+            }
+            Ok(SnapshotInfo {
+                diff_id: layer.diff_id.clone(),
+                parent: layer.parent.clone(),
+                size: unpacked.size,
+            })
+        })
+        .map(|_| ())
+    }
+
     /// Opens (creating) the store at `root`, clearing work left by an
     /// interrupted writer.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
