@@ -267,6 +267,17 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// How a test layer is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// gzip, as almost every image.
+    Gzip,
+    /// zstd.
+    Zstd,
+    /// An uncompressed tar.
+    Plain,
+}
+
 /// An OCI layout in a temporary directory, holding one image.
 pub struct Layout {
     dir: tempfile::TempDir,
@@ -276,6 +287,12 @@ impl Layout {
     /// Builds an image of `layers` (gzip), with `diff_ids` overriding the
     /// true ones when given (to make a lying config).
     pub fn new(layers: &[LayerFn], diff_ids: Option<Vec<String>>) -> Self {
+        let gzipped = vec![Packing::Gzip; layers.len()];
+        Self::packed(layers, &gzipped, diff_ids)
+    }
+
+    /// Builds an image of `layers`, each compressed as `packing` says.
+    pub fn packed(layers: &[LayerFn], packing: &[Packing], diff_ids: Option<Vec<String>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let blobs = dir.path().join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -286,13 +303,22 @@ impl Layout {
         };
         let mut descs = Vec::new();
         let mut diffs = Vec::new();
-        for layer in layers {
+        for (layer, packing) in layers.iter().zip(packing) {
             let raw = tar_of(layer);
             diffs.push(digest(&raw));
-            let (d, size) = put(&gzip(&raw));
-            descs.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": size
-            }));
+            let (blob, media_type) = match packing {
+                Packing::Gzip => (gzip(&raw), "application/vnd.oci.image.layer.v1.tar+gzip"),
+                Packing::Zstd => (
+                    ruzstd::encoding::compress_to_vec(
+                        &raw[..],
+                        ruzstd::encoding::CompressionLevel::Fastest,
+                    ),
+                    "application/vnd.oci.image.layer.v1.tar+zstd",
+                ),
+                Packing::Plain => (raw, "application/vnd.oci.image.layer.v1.tar"),
+            };
+            let (d, size) = put(&blob);
+            descs.push(serde_json::json!({"mediaType": media_type, "digest": d, "size": size}));
         }
         let config = serde_json::json!({
             "architecture": "amd64", "os": "linux",
@@ -322,7 +348,7 @@ impl Layout {
     /// Copies the image to `registry` as `name` with skopeo.
     pub fn push(&self, registry: &Registry, name: &str) {
         let mut command = Command::new("skopeo");
-        command.args(["copy", "--dest-tls-verify=false"]);
+        command.args(["copy", "--preserve-digests", "--dest-tls-verify=false"]);
         if let Some(creds) = &registry.creds {
             command.arg(format!("--dest-creds={creds}"));
         }

@@ -10,7 +10,7 @@ use berth_agent::image::manifest::Compression;
 use berth_agent::image::unpack::unpack;
 use berth_agent::runtime::overlay::{self, Overlay};
 use berth_tests::registry::{
-    busybox_layer, entry, file, gzip, header, tar_of, LayerFn, Layout, Registry,
+    busybox_layer, entry, file, gzip, header, tar_of, LayerFn, Layout, Packing, Registry,
 };
 use berth_tests::runtime::{collect, ok, runtime, state_root};
 use berth_tests::{bin, require_root};
@@ -373,4 +373,70 @@ fn a_pushed_image_reads_back_with_skopeo() {
     let missing = image(store.path(), &["push", &format!("{host}/no/such:1")]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}
+
+#[test]
+fn zstd_and_plain_layers_unpack_and_a_link_from_a_lower_layer_leads_nowhere() {
+    require_root();
+    let registry = Registry::start();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("victim"), "safe").unwrap();
+    let target = outside.path().to_str().unwrap().to_owned();
+    let base: LayerFn = Box::new(move |t| {
+        busybox_layer()(t);
+        entry(t, "escape", tar::EntryType::Symlink, Some(&target));
+    });
+    let zstd: LayerFn = Box::new(|t| {
+        file(t, "etc/zstd", b"zstd\n", 0o644);
+        // Through the link the layer below planted, if it were followed.
+        file(t, "escape/victim", b"evil", 0o644);
+    });
+    let plain: LayerFn = Box::new(|t| {
+        file(t, "etc/plain", b"plain\n", 0o644);
+        file(t, "etc/.wh.kept", b"", 0o644);
+    });
+    Layout::packed(
+        &[base, zstd, plain],
+        &[Packing::Gzip, Packing::Zstd, Packing::Plain],
+        None,
+    )
+    .push(&registry, "test/packed:1");
+    let store = tempfile::Builder::new()
+        .prefix("images")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let name = format!("{}/test/packed:1", registry.host);
+    ok(image(store.path(), &["pull", &name]));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(image(store.path(), &["inspect", &name]))).unwrap();
+    let media: Vec<&str> = inspect["manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(
+        media[1].ends_with("+zstd") && media[2].ends_with(".tar"),
+        "{media:?}"
+    );
+    let lowers: Vec<std::path::PathBuf> = inspect["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().into())
+        .collect();
+    let (top, middle) = (&lowers[0], &lowers[1]);
+    assert_eq!(std::fs::read(top.join("etc/plain")).unwrap(), b"plain\n");
+    let whiteout = std::fs::symlink_metadata(top.join("etc/kept")).unwrap();
+    assert_eq!(whiteout.mode() & 0o170000, 0o020000);
+    assert_eq!(std::fs::read(middle.join("etc/zstd")).unwrap(), b"zstd\n");
+    // The middle layer's escape/ is a directory of its own; the link in
+    // the base layer was never followed.
+    assert!(std::fs::symlink_metadata(middle.join("escape"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("victim")).unwrap(),
+        "safe"
+    );
 }

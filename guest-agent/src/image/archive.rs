@@ -374,10 +374,7 @@ fn install(store: &Store, record: &ImageRecord) -> Result<(), ImageError> {
     let (manifest, config) = store.image(record)?;
     for layer in plan(&manifest, &config)? {
         if !store.has_blob(&layer.blob.digest) {
-            return Err(bad(format!(
-                "the input lacks layer {}",
-                layer.blob.digest
-            )));
+            return Err(bad(format!("the input lacks layer {}", layer.blob.digest)));
         }
         store.unpack_layer(&layer)?;
     }
@@ -420,7 +417,10 @@ fn oci_images(
             names.push(name.parse::<Reference>()?);
         }
         let bytes = store.read_blob(&entry.digest).map_err(|_| {
-            bad(format!("index.json names {}, which the input lacks", entry.digest))
+            bad(format!(
+                "index.json names {}, which the input lacks",
+                entry.digest
+            ))
         })?;
         let manifest = match manifest::parse(&bytes, Some(&entry.media_type))? {
             Document::Manifest(_) => entry.digest.clone(),
@@ -527,7 +527,10 @@ mod tests {
 
     #[test]
     fn paths_stay_inside_the_archive() {
-        assert_eq!(normalize(Path::new("./blobs/sha256/ab")).unwrap(), "blobs/sha256/ab");
+        assert_eq!(
+            normalize(Path::new("./blobs/sha256/ab")).unwrap(),
+            "blobs/sha256/ab"
+        );
         assert_eq!(normalize(Path::new("a/../b")).unwrap(), "b");
         assert!(normalize(Path::new("../etc/passwd")).is_none());
         assert!(normalize(Path::new("/etc/passwd")).is_none());
