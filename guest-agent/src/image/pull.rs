@@ -23,6 +23,8 @@ use super::ImageError;
 
 /// How many layers download at once.
 const CONCURRENT_LAYERS: usize = 3;
+/// Chunks in flight between a download and its unpacker.
+const TEE_DEPTH: usize = 64;
 /// Attempts at one blob before giving up (a resume counts as one).
 const BLOB_ATTEMPTS: usize = 5;
 
@@ -81,7 +83,7 @@ impl Puller {
             }
         };
         if !self.store.has_blob(&manifest.config.digest) {
-            self.fetch_blob(reference, &manifest.config, &|_, _| {})
+            self.fetch_blob(reference, &manifest.config, &|_, _| {}, None)
                 .await?;
         }
         let config = ImageConfigBlob::parse(&self.store.read_blob(&manifest.config.digest)?)?;
@@ -128,10 +130,35 @@ impl Puller {
             )));
         }
         if !self.store.has_blob(&layer.blob.digest) {
-            self.fetch_blob(reference, &layer.blob, &|done, total| {
-                status(LayerStatus::Downloading { done, total })
-            })
-            .await?;
+            // Unpack while downloading: the bytes go to the blob and, through
+            // a bounded channel, to the unpacker on a blocking thread. The
+            // snapshot is put in place only once the blob's digest checks
+            // out; if this fails in any way, the layer is unpacked again
+            // from the verified blob below, which reports the real error.
+            let (tee, bytes) = tokio::sync::mpsc::channel(TEE_DEPTH);
+            let (verdict, verified) = std::sync::mpsc::channel();
+            let store = self.store.clone();
+            let piped = layer.clone();
+            let unpacking = tokio::task::spawn_blocking(move || {
+                store.unpack_layer_from(&piped, ChannelReader::new(bytes), || {
+                    verified.recv().unwrap_or(false)
+                })
+            });
+            let fetched = self
+                .fetch_blob(
+                    reference,
+                    &layer.blob,
+                    &|done, total| status(LayerStatus::Downloading { done, total }),
+                    Some(tee),
+                )
+                .await;
+            let _ = verdict.send(fetched.is_ok());
+            let piped = unpacking.await;
+            fetched?;
+            if matches!(piped, Ok(Ok(()))) {
+                status(LayerStatus::Complete);
+                return Ok(());
+            }
         }
         status(LayerStatus::Extracting);
         let store = self.store.clone();
@@ -152,6 +179,7 @@ impl Puller {
         reference: &Reference,
         blob: &Descriptor,
         progress: &(dyn Fn(u64, u64) + Sync),
+        mut tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     ) -> Result<(), ImageError> {
         let lock = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,8 +206,10 @@ impl Puller {
                 }
             };
             if offset > 0 && response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-                // The registry ignored the range: start over.
+                // The registry ignored the range: start over, without the
+                // unpacker, which has had the bytes that are sent again.
                 ingest.reset()?;
+                tee = None;
             }
             let mut stream = response.bytes_stream();
             let mut failed = None;
@@ -187,6 +217,12 @@ impl Puller {
                 match chunk {
                     Ok(bytes) => {
                         ingest.write(&bytes)?;
+                        if let Some(t) = &tee {
+                            if t.send(bytes.clone()).await.is_err() {
+                                // The unpacker stopped; the blob goes on.
+                                tee = None;
+                            }
+                        }
                         progress(ingest.len(), blob.size);
                     }
                     Err(e) => {
@@ -231,5 +267,34 @@ impl Puller {
         if let Ok(mut in_flight) = self.in_flight.lock() {
             in_flight.remove(digest);
         }
+    }
+}
+
+/// The bytes of a download as a blocking reader, for the unpacker.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }

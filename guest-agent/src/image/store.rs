@@ -147,6 +147,28 @@ impl Store {
     /// Blocking: run it off the async threads.
     pub fn unpack_layer(&self, layer: &LayerPlan) -> Result<(), ImageError> {
         let digest = &layer.blob.digest;
+        let file = File::open(self.blob_path(digest)).map_err(|e| ImageError::Io {
+            action: format!("open layer {digest}"),
+            source: e,
+        })?;
+        self.unpack_layer_from(
+            layer,
+            std::io::BufReader::with_capacity(1 << 20, file),
+            || true,
+        )
+    }
+
+    /// Unpacks layer `layer` from `blob` (its bytes as they arrive) into its
+    /// snapshot unless that is there, checking it against its diff id; the
+    /// snapshot is put in place only if `verified` then says the blob's
+    /// digest was right. Blocking.
+    pub fn unpack_layer_from(
+        &self,
+        layer: &LayerPlan,
+        blob: impl std::io::Read,
+        verified: impl FnOnce() -> bool,
+    ) -> Result<(), ImageError> {
+        let digest = &layer.blob.digest;
         let compression = Compression::of_media_type(&layer.blob.media_type).ok_or_else(|| {
             ImageError::InvalidManifest(format!(
                 "layer {digest} has media type {:?}, which is not a layer",
@@ -154,16 +176,7 @@ impl Store {
             ))
         })?;
         self.make_snapshot(&layer.chain, |dir| {
-            let file = File::open(self.blob_path(digest)).map_err(|e| ImageError::Io {
-                action: format!("open layer {digest}"),
-                source: e,
-            })?;
-            let unpacked = unpack(
-                std::io::BufReader::with_capacity(1 << 20, file),
-                compression,
-                dir,
-            )
-            .map_err(|e| match e {
+            let unpacked = unpack(blob, compression, dir).map_err(|e| match e {
                 ImageError::Layer(why) => ImageError::Layer(format!("{digest}: {why}")),
                 other => other,
             })?;
@@ -171,6 +184,11 @@ impl Store {
                 return Err(ImageError::Verify(format!(
                     "layer {digest} unpacks to {}, but the config says {}",
                     unpacked.diff_id, layer.diff_id
+                )));
+            }
+            if !verified() {
+                return Err(ImageError::Verify(format!(
+                    "layer {digest} did not download whole"
                 )));
             }
             Ok(SnapshotInfo {
@@ -268,6 +286,7 @@ impl Store {
             size,
             blobs: self.root.join("blobs/sha256"),
             committed: false,
+            written_back: 0,
         })
     }
 
@@ -536,7 +555,14 @@ pub struct Ingest {
     size: Option<u64>,
     blobs: PathBuf,
     committed: bool,
+    /// How far the kernel was last asked to start writing back.
+    written_back: u64,
 }
+
+/// How many bytes an ingest lets pile up in the page cache before it asks
+/// the kernel to start writing them out, so that the sync at commit finds
+/// little left to do.
+const WRITE_BACK_STEP: u64 = 8 << 20;
 
 impl Ingest {
     /// Appends bytes.
@@ -553,10 +579,20 @@ impl Ingest {
             }
         }
         self.hasher.update(bytes);
-        match &mut self.file {
-            Some(f) => f.write_all(bytes).map_err(io("write a blob")),
-            None => Err(ImageError::Verify("write after commit".into())),
+        let Some(file) = &mut self.file else {
+            return Err(ImageError::Verify("write after commit".into()));
+        };
+        file.write_all(bytes).map_err(io("write a blob"))?;
+        let in_kernel = self.hasher.len() - file.buffer().len() as u64;
+        if in_kernel - self.written_back >= WRITE_BACK_STEP {
+            start_write_back(
+                file.get_ref(),
+                self.written_back,
+                in_kernel - self.written_back,
+            );
+            self.written_back = in_kernel;
         }
+        Ok(())
     }
 
     /// How many bytes so far.
@@ -572,6 +608,7 @@ impl Ingest {
     /// Starts over (a download that restarts from zero).
     pub fn reset(&mut self) -> Result<(), ImageError> {
         self.hasher = Hasher::new();
+        self.written_back = 0;
         let file = File::create(&self.path).map_err(io("restart a blob"))?;
         self.file = Some(std::io::BufWriter::with_capacity(1 << 20, file));
         Ok(())
@@ -612,6 +649,20 @@ impl Ingest {
             .map_err(io(format!("put blob {digest} in place")))?;
         self.committed = true;
         Ok(digest)
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset`
+/// to disk, without waiting. Only a hint: failure changes nothing.
+fn start_write_back(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
