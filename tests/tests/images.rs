@@ -440,3 +440,86 @@ fn zstd_and_plain_layers_unpack_and_a_link_from_a_lower_layer_leads_nowhere() {
         "safe"
     );
 }
+
+#[test]
+fn a_killed_pull_leaves_nothing_half_made_and_gc_clears_what_no_name_needs() {
+    use std::io::BufRead;
+    require_root();
+    let registry = Registry::start();
+    // One big layer of noise (gzip cannot shrink it), so the pull is
+    // still downloading when it is killed.
+    let big: LayerFn = Box::new(|t| {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        file(t, "noise", &noise, 0o644);
+    });
+    Layout::new(&[busybox_layer(), big], None).push(&registry, "test/big:1");
+    let store = tempfile::Builder::new()
+        .prefix("images")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let name = format!("{}/test/big:1", registry.host);
+    let mut child = Command::new(berth_tests::bin("berth-agent"))
+        .arg("image")
+        .arg("--root")
+        .arg(store.path())
+        .args(["pull", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().contains("downloading") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!ok(image(store.path(), &["ls"])).contains("test/big"));
+
+    // Pulled again: whole, and nothing of the killed pull is left over.
+    ok(image(store.path(), &["pull", &name]));
+    let leftovers = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(store.path().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-") || dir == "ingest")
+            .collect()
+    };
+    assert!(leftovers("ingest").is_empty(), "{:?}", leftovers("ingest"));
+    assert!(
+        leftovers("snapshots").is_empty(),
+        "{:?}",
+        leftovers("snapshots")
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(image(store.path(), &["inspect", &name]))).unwrap();
+    let top = inspect["layers"][0].as_str().unwrap();
+    assert_eq!(
+        std::fs::metadata(Path::new(top).join("noise"))
+            .unwrap()
+            .len(),
+        24 << 20
+    );
+
+    // gc keeps what a name needs, and removes it all once no name does.
+    assert!(ok(image(store.path(), &["gc"])).contains("removed 0 blobs"));
+    ok(image(store.path(), &["rm", &name]));
+    let out = ok(image(store.path(), &["gc"]));
+    assert!(
+        out.contains("removed 4 blobs") && out.contains("2 snapshots"),
+        "{out}"
+    );
+    for dir in ["blobs/sha256", "snapshots"] {
+        let left = std::fs::read_dir(store.path().join(dir)).unwrap().count();
+        assert_eq!(left, 0, "{dir}");
+    }
+}
