@@ -211,7 +211,7 @@ impl Input {
             .map_err(io("read the archive"))?
             .to_vec();
         let reader: Box<dyn Read> = match Compression::sniff(&head) {
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+            Compression::Gzip => Box::new(super::gzip::GzipReader::new(input)),
             Compression::Zstd => Box::new(
                 ruzstd::decoding::StreamingDecoder::new(input)
                     .map_err(|e| bad(format!("the archive's zstd stream: {e}")))?,

@@ -17,6 +17,7 @@
 pub mod archive;
 pub mod cli;
 pub mod digest;
+pub mod gzip;
 pub mod manifest;
 pub mod progress;
 pub mod pull;

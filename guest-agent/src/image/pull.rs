@@ -22,7 +22,7 @@ use super::store::{plan, ImageConfigBlob, ImageRecord, LayerPlan, Store};
 use super::ImageError;
 
 /// How many layers download at once.
-const CONCURRENT_LAYERS: usize = 3;
+const CONCURRENT_LAYERS: usize = 6;
 /// Chunks in flight between a download and its unpacker.
 const TEE_DEPTH: usize = 64;
 /// Attempts at one blob before giving up (a resume counts as one).
@@ -216,9 +216,9 @@ impl Puller {
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(bytes) => {
-                        ingest.write(&bytes)?;
+                        ingest.write_bytes(bytes.clone())?;
                         if let Some(t) = &tee {
-                            if t.send(bytes.clone()).await.is_err() {
+                            if t.send(bytes).await.is_err() {
                                 // The unpacker stopped; the blob goes on.
                                 tee = None;
                             }
@@ -287,14 +287,27 @@ impl ChannelReader {
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::BufRead::fill_buf(self)?.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+/// The chunks as they came are the buffer: the decompressor reads them
+/// without another copy.
+impl std::io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(chunk) => self.current = chunk,
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let _ = self.current.split_to(amount.min(self.current.len()));
     }
 }

@@ -165,7 +165,7 @@ impl Store {
     pub fn unpack_layer_from(
         &self,
         layer: &LayerPlan,
-        blob: impl std::io::Read,
+        blob: impl std::io::BufRead,
         verified: impl FnOnce() -> bool,
     ) -> Result<(), ImageError> {
         let digest = &layer.blob.digest;
@@ -279,7 +279,9 @@ impl Store {
             .open(&path)
             .map_err(io(format!("create {}", path.display())))?;
         Ok(Ingest {
-            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(file),
+            pending: Vec::new(),
+            pending_len: 0,
             path,
             hasher: Hasher::new(),
             expected,
@@ -548,7 +550,11 @@ impl ImageConfigBlob {
 /// A blob being written: hashed as it goes, checked and renamed into
 /// place by [`Ingest::commit`], deleted if dropped uncommitted.
 pub struct Ingest {
-    file: Option<std::io::BufWriter<File>>,
+    file: Option<File>,
+    /// Chunks not yet written: gathered, then written with one `writev`,
+    /// so downloaded bytes are never copied into a buffer of ours.
+    pending: Vec<bytes::Bytes>,
+    pending_len: usize,
     path: PathBuf,
     hasher: Hasher,
     expected: Option<Digest>,
@@ -563,10 +569,17 @@ pub struct Ingest {
 /// the kernel to start writing them out, so that the sync at commit finds
 /// little left to do.
 const WRITE_BACK_STEP: u64 = 8 << 20;
+/// How many bytes an ingest gathers before writing them.
+const GATHER: usize = 1 << 20;
 
 impl Ingest {
     /// Appends bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.write_bytes(bytes::Bytes::copy_from_slice(bytes))
+    }
+
+    /// Appends a chunk, without copying it.
+    pub fn write_bytes(&mut self, bytes: bytes::Bytes) -> Result<(), ImageError> {
         if let Some(size) = self.size {
             if self.hasher.len() + bytes.len() as u64 > size {
                 return Err(ImageError::Verify(format!(
@@ -578,18 +591,45 @@ impl Ingest {
                 )));
             }
         }
-        self.hasher.update(bytes);
+        if self.file.is_none() {
+            return Err(ImageError::Verify("write after commit".into()));
+        }
+        self.hasher.update(&bytes);
+        self.pending_len += bytes.len();
+        self.pending.push(bytes);
+        if self.pending_len >= GATHER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered, and starts write-back of what the kernel
+    /// has had for a while.
+    fn flush(&mut self) -> Result<(), ImageError> {
         let Some(file) = &mut self.file else {
             return Err(ImageError::Verify("write after commit".into()));
         };
-        file.write_all(bytes).map_err(io("write a blob"))?;
-        let in_kernel = self.hasher.len() - file.buffer().len() as u64;
+        let mut slices: Vec<std::io::IoSlice<'_>> = self
+            .pending
+            .iter()
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(io("write a blob")(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io("write a blob")(e)),
+            }
+        }
+        self.pending.clear();
+        self.pending_len = 0;
+        let in_kernel = self.hasher.len();
         if in_kernel - self.written_back >= WRITE_BACK_STEP {
-            start_write_back(
-                file.get_ref(),
-                self.written_back,
-                in_kernel - self.written_back,
-            );
+            start_write_back(file, self.written_back, in_kernel - self.written_back);
             self.written_back = in_kernel;
         }
         Ok(())
@@ -609,13 +649,15 @@ impl Ingest {
     pub fn reset(&mut self) -> Result<(), ImageError> {
         self.hasher = Hasher::new();
         self.written_back = 0;
-        let file = File::create(&self.path).map_err(io("restart a blob"))?;
-        self.file = Some(std::io::BufWriter::with_capacity(1 << 20, file));
+        self.pending.clear();
+        self.pending_len = 0;
+        self.file = Some(File::create(&self.path).map_err(io("restart a blob"))?);
         Ok(())
     }
 
     /// Checks size and digest, syncs, and renames into place.
     pub fn commit(mut self) -> Result<Digest, ImageError> {
+        self.flush()?;
         let file = self
             .file
             .take()
@@ -641,9 +683,6 @@ impl Ingest {
                 )));
             }
         }
-        let file = file
-            .into_inner()
-            .map_err(|e| io("write a blob")(e.into_error()))?;
         file.sync_all().map_err(io("sync a blob"))?;
         fs::rename(&self.path, self.blobs.join(digest.hex()))
             .map_err(io(format!("put blob {digest} in place")))?;

@@ -14,7 +14,7 @@
 //! own directory, so a link planted by an earlier layer is not even there.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
@@ -67,14 +67,35 @@ fn relative(path: &Path) -> Result<PathBuf, ImageError> {
     Ok(out)
 }
 
+/// Bytes read from the decompressor, and written to a file, at a time.
+const COPY_BUFFER: usize = 1 << 20;
+/// The buffer tar headers are read through; reads of file contents at
+/// least this large skip it and go straight to the decompressor.
+const HEADER_BUFFER: usize = 64 << 10;
+
+/// Copies `from` to its end into `to` through `buffer`.
+fn copy(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8]) -> std::io::Result<u64> {
+    let mut copied = 0;
+    loop {
+        let n = match from.read(buffer) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..n])?;
+        copied += n as u64;
+    }
+}
+
 /// The decompressing reader for `compression`.
 fn decompress<'a>(
-    blob: impl Read + 'a,
+    blob: impl BufRead + 'a,
     compression: Compression,
 ) -> Result<Box<dyn Read + 'a>, ImageError> {
     Ok(match compression {
         Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Gzip => Box::new(super::gzip::GzipReader::new(blob)),
         Compression::Zstd => Box::new(
             ruzstd::decoding::StreamingDecoder::new(blob)
                 .map_err(|e| ImageError::Layer(format!("not a zstd stream: {e}")))?,
@@ -217,7 +238,7 @@ fn allowed_xattr(name: &str) -> bool {
 
 /// Unpacks `blob` into `root`, an empty directory.
 pub fn unpack(
-    blob: impl Read,
+    blob: impl BufRead,
     compression: Compression,
     root: &Path,
 ) -> Result<Unpacked, ImageError> {
@@ -231,7 +252,14 @@ pub fn unpack(
         root: root_fd,
         root_path: root.to_owned(),
     };
-    let mut hashed = HashingReader::new(decompress(blob, compression)?);
+    // The decompressor fills a large buffer at a time, and files are
+    // written in large pieces: small reads and writes cost more than the
+    // inflating itself.
+    let mut hashed = std::io::BufReader::with_capacity(
+        HEADER_BUFFER,
+        HashingReader::new(decompress(blob, compression)?),
+    );
+    let mut copy_buffer = vec![0; COPY_BUFFER];
     let mut dirs: Vec<DirMeta> = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashed);
@@ -241,7 +269,7 @@ pub fn unpack(
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| ImageError::Layer(format!("reading the tar: {e}")))?;
-            apply(&target, &mut entry, &mut dirs)?;
+            apply(&target, &mut entry, &mut dirs, &mut copy_buffer)?;
         }
         // The tar's end: the rest (zero blocks, padding) counts in the
         // diff id, and a truncated stream fails here.
@@ -263,7 +291,7 @@ pub fn unpack(
         .map_err(|e| entry_error(&d.path, format!("open to set its metadata: {e}")))?;
         set_owner_mode_time(&fd, &d.path, d.uid, d.gid, d.mode, d.mtime)?;
     }
-    let (diff_id, size) = hashed.finish();
+    let (diff_id, size) = hashed.into_inner().finish();
     Ok(Unpacked { diff_id, size })
 }
 
@@ -305,6 +333,7 @@ fn apply<R: Read>(
     target: &Target,
     entry: &mut tar::Entry<'_, R>,
     dirs: &mut Vec<DirMeta>,
+    copy_buffer: &mut [u8],
 ) -> Result<(), ImageError> {
     let raw_path = entry
         .path()
@@ -413,7 +442,7 @@ fn apply<R: Read>(
             )
             .map_err(|e| entry_error(&rel, format!("create: {e}")))?;
             let mut file = File::from(fd);
-            std::io::copy(entry, &mut file)
+            copy(entry, &mut file, copy_buffer)
                 .map_err(|e| entry_error(&rel, format!("write: {e}")))?;
             set_xattrs(&file, &rel, &extra.xattrs)?;
             set_owner_mode_time(&OwnedFd::from(file), &rel, uid, gid, mode, mtime)?;
