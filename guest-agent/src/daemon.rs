@@ -32,6 +32,15 @@ const LOCK_GRACE: Duration = Duration::from_millis(750);
 /// including the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The Docker Engine API's settings.
+#[derive(Debug, Clone)]
+pub struct DockerApi {
+    /// The unix socket to serve it on.
+    pub socket: PathBuf,
+    /// Registries to reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
+}
+
 /// Why the agent could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -84,6 +93,9 @@ pub enum DaemonError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The engine's state could not be opened.
+    #[error("cannot open the engine's state: {0}")]
+    Engine(String),
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -258,11 +270,41 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, SocketGuard), DaemonError> {
 pub async fn serve(
     root: &Path,
     listen: &Address,
+    docker: Option<DockerApi>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let lock = RootLock::acquire(root)?;
     let Address::Unix(path) = listen;
     let (listener, socket) = bind_unix(path)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let docker_guard = match docker {
+        Some(docker) => {
+            let engine = crate::engine::Engine::open(
+                root,
+                crate::image::registry::RegistryConfig {
+                    insecure: docker.insecure_registries.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| DaemonError::Engine(e.to_string()))?;
+            let (docker_listener, guard) = bind_unix(&docker.socket)?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(crate::api::docker::serve(
+                engine,
+                docker_listener,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+            Some(guard)
+        }
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     info!(
         version = crate::VERSION,
         root = %root.display(),
@@ -274,6 +316,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     drop(socket);
+    drop(docker_guard);
     drop(lock);
     info!("berth-agent stopped");
     Ok(())

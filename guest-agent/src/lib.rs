@@ -17,9 +17,11 @@
 //! builder, the engine state and the Docker API.
 
 #![deny(missing_docs)]
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod daemon;
+pub mod engine;
 pub mod host_info;
 pub mod image;
 pub mod runtime;

@@ -34,7 +34,16 @@ enum Command {
         /// Where to listen, e.g. unix:/run/berth/agent.sock.
         #[arg(long, value_name = "ADDRESS")]
         listen: Address,
+        /// Where to serve the Docker Engine API (a unix socket path).
+        #[arg(long, value_name = "PATH")]
+        docker_socket: Option<PathBuf>,
+        /// A registry (host:port) to reach over plain HTTP (repeatable).
+        #[arg(long, value_name = "HOST")]
+        insecure_registry: Vec<String>,
     },
+    /// A container's shim (started by the engine; not for direct use).
+    #[command(hide = true)]
+    Shim(berth_agent::engine::shim::ShimArgs),
     /// The OCI runtime: runc's verbs over a bundle.
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
     /// The image store: pull, list, inspect, remove, gc.
@@ -69,7 +78,11 @@ async fn termination() {
 }
 
 /// Serves until SIGTERM or SIGINT, on a multi-threaded async runtime.
-fn serve(root: PathBuf, listen: Address) -> ExitCode {
+fn serve(
+    root: PathBuf,
+    listen: Address,
+    docker: Option<berth_agent::daemon::DockerApi>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -81,8 +94,9 @@ fn serve(root: PathBuf, listen: Address) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let served = runtime
-        .block_on(async move { berth_agent::daemon::serve(&root, &listen, termination()).await });
+    let served = runtime.block_on(async move {
+        berth_agent::daemon::serve(&root, &listen, docker, termination()).await
+    });
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -96,7 +110,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve { root, listen } => serve(root, listen),
+        Command::Serve {
+            root,
+            listen,
+            docker_socket,
+            insecure_registry,
+        } => serve(
+            root,
+            listen,
+            docker_socket.map(|socket| berth_agent::daemon::DockerApi {
+                socket,
+                insecure_registries: insecure_registry,
+            }),
+        ),
+        Command::Shim(args) => {
+            // Like the runtime's create: re-executed from a sealed copy
+            // when the container could reach the agent binary.
+            let exposes = berth_agent::runtime::spec::Bundle::load(&args.bundle)
+                .is_ok_and(|b| b.exposes_runtime());
+            if exposes {
+                if let Err(e) = berth_agent::runtime::sealed::ensure() {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::from(u8::try_from(berth_agent::engine::shim::main(args)).unwrap_or(1))
+        }
         // The runtime forks: it must stay single-threaded, so it never
         // starts the async runtime.
         Command::Runtime(args) => match berth_agent::runtime::cli::main(*args) {

@@ -4,6 +4,7 @@
 //! The binaries come from the same target directory as the test; build
 //! them first (`cargo build --workspace --bins`), as `scripts/test` does.
 
+pub mod docker;
 pub mod registry;
 pub mod runtime;
 pub mod token;

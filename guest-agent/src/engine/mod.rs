@@ -1,0 +1,1258 @@
+//! The engine: containers, images and volumes as durable state under the
+//! agent's root, and their lives — create, start, stop, kill, wait,
+//! restart policies, auto-remove, events. The Docker API
+//! ([`crate::api::docker`]) is a thin translation onto this.
+//!
+//! ```text
+//! <root>/images/                       the image store
+//! <root>/runtime/                      the OCI runtime's state
+//! <root>/volumes/<name>/_data          named volumes
+//! <root>/containers/<id>/record.json   the container (written atomically)
+//!                        bundle/       config.json + rootfs (overlay mount point)
+//!                        upper/ work/  its writable layer
+//!                        shim.sock exit.json container-json.log   (the shim's)
+//! ```
+//!
+//! Each running container has a shim ([`shim`]); the engine holds one
+//! connection to it, through which output reaches attached clients and
+//! the exit comes back. After an agent restart the engine reconnects to
+//! the shims still there and takes the exit of the others from their
+//! records.
+
+pub mod config;
+pub mod frame;
+pub mod logs;
+pub mod names;
+pub mod shim;
+pub mod spec;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::image::manifest::Platform;
+use crate::image::pull::Puller;
+use crate::image::reference::Reference;
+use crate::image::registry::{Client, RegistryConfig};
+use crate::image::store::{ImageRecord, Store};
+use crate::image::ImageError;
+use crate::runtime::overlay::{self, Overlay};
+use crate::runtime::RuntimeError;
+use config::{ContainerConfig, HostConfig, Record, State, Status};
+use frame::{Exit, Kind};
+
+/// How long a shim may take to create a container.
+const SHIM_READY: Duration = Duration::from_secs(60);
+/// Output chunks buffered per attached client before it lags.
+const OUTPUT_BUFFER: usize = 1024;
+
+/// What went wrong, in the classes the Docker API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such container, image or volume (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request clashes with what is there (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request cannot be carried out as given (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// An image operation failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Anything else (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    fn io(action: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Self {
+        move |e| EngineError::Internal(format!("{action}: {e}"))
+    }
+}
+
+/// Something that happened, for `docker events`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// `container`, `image`, `volume`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `create`, `start`, `die`, …
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// What it happened to.
+    #[serde(rename = "Actor")]
+    pub actor: Actor,
+    /// Seconds since the epoch.
+    pub time: i64,
+    /// Nanoseconds since the epoch.
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+}
+
+/// An event's subject.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Actor {
+    /// Its id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Name, image, exit code …
+    #[serde(rename = "Attributes")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A piece of a container's output.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// 1 stdout, 2 stderr (the stdcopy stream numbers).
+    pub stream: u8,
+    /// The bytes.
+    pub bytes: Bytes,
+}
+
+/// What waiters watch.
+#[derive(Debug, Clone, Copy)]
+pub struct Watched {
+    /// The status now.
+    pub status: Status,
+    /// The last exit code.
+    pub exit_code: i32,
+    /// How many times the process has exited.
+    pub exits: u64,
+    /// The container is gone.
+    pub removed: bool,
+}
+
+/// `docker wait --condition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    /// Return at once if it is not running, else at its exit.
+    NotRunning,
+    /// At its next exit.
+    NextExit,
+    /// Once it has been removed.
+    Removed,
+}
+
+/// One container, in memory.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    dir: PathBuf,
+    record: Mutex<Record>,
+    watch: watch::Sender<Watched>,
+    output: broadcast::Sender<Output>,
+    shim: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Serialises start/stop/remove of this container.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Container {
+    /// A copy of its record.
+    pub fn record(&self) -> Record {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Its output from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Output> {
+        self.output.subscribe()
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The json-file log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(shim::LOG_FILE)
+    }
+
+    /// Sends a frame to its shim; false if none is connected.
+    fn to_shim(&self, kind: Kind, payload: &[u8]) -> bool {
+        let shim = self.shim.lock().unwrap_or_else(|p| p.into_inner());
+        shim.as_ref()
+            .is_some_and(|tx| tx.send(frame::encode(kind, payload)).is_ok())
+    }
+
+    /// Bytes for the process's stdin.
+    pub fn write_stdin(&self, bytes: &[u8]) {
+        for chunk in bytes.chunks(frame::MAX_PAYLOAD) {
+            self.to_shim(Kind::Stdin, chunk);
+        }
+    }
+
+    /// Closes the process's stdin.
+    pub fn close_stdin(&self) {
+        self.to_shim(Kind::CloseStdin, b"");
+    }
+
+    /// Sets the terminal size.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let mut payload = rows.to_be_bytes().to_vec();
+        payload.extend(cols.to_be_bytes());
+        self.to_shim(Kind::Resize, &payload);
+    }
+
+    /// Watches its state.
+    pub fn watch(&self) -> watch::Receiver<Watched> {
+        self.watch.subscribe()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Record)) -> Record {
+        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut record);
+        let copy = record.clone();
+        drop(record);
+        self.watch.send_modify(|w| {
+            w.status = copy.state.status;
+            w.exit_code = copy.state.exit_code;
+        });
+        copy
+    }
+}
+
+/// The engine; one per agent.
+pub struct Engine {
+    root: PathBuf,
+    /// The image store.
+    pub store: Arc<Store>,
+    /// The registry client.
+    pub client: Arc<Client>,
+    /// Pulls into the store.
+    pub puller: Puller,
+    /// Named volumes.
+    pub volumes: volumes::Volumes,
+    containers: Mutex<BTreeMap<String, Arc<Container>>>,
+    events: broadcast::Sender<Event>,
+    /// When the engine started, for `info`.
+    pub started: SystemTime,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file, fsync, rename).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), EngineError> {
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, value)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        EngineError::io(format!("write {}", path.display()))(e)
+    })
+}
+
+/// A new random id: 64 hex digits.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    /// Opens the engine's state under `root`, reconnecting to running
+    /// containers and restarting those whose policy says so.
+    pub async fn open(root: &Path, registry: RegistryConfig) -> Result<Arc<Self>, EngineError> {
+        for dir in ["containers", "runtime", "volumes"] {
+            std::fs::create_dir_all(root.join(dir)).map_err(EngineError::io(format!(
+                "create {}",
+                root.join(dir).display()
+            )))?;
+        }
+        let store = Arc::new(Store::open(&root.join("images"))?);
+        let client = Arc::new(Client::new(registry)?);
+        let engine = Arc::new(Engine {
+            root: root.to_owned(),
+            puller: Puller::new(store.clone(), client.clone()),
+            store,
+            client,
+            volumes: volumes::Volumes::new(root.join("volumes")),
+            containers: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(256).0,
+            started: SystemTime::now(),
+        });
+        engine.restore().await;
+        Ok(engine)
+    }
+
+    /// The agent's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.root.join("runtime")
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: &str, action: &str, id: &str, attributes: BTreeMap<String, String>) {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let _ = self.events.send(Event {
+            kind: kind.into(),
+            action: action.into(),
+            actor: Actor {
+                id: id.into(),
+                attributes,
+            },
+            time: nanos.as_secs() as i64,
+            time_nano: nanos.as_nanos() as i64,
+        });
+    }
+
+    fn emit_container(&self, action: &str, record: &Record, extra: &[(&str, String)]) {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("name".to_owned(), record.name.clone());
+        attributes.insert("image".to_owned(), record.image_name.clone());
+        for (k, v) in record.config.labels.iter().flatten() {
+            attributes.insert(k.clone(), v.clone());
+        }
+        for (k, v) in extra {
+            attributes.insert((*k).to_owned(), v.clone());
+        }
+        self.emit("container", action, &record.id, attributes);
+    }
+
+    /// Emits an image or volume event.
+    pub fn emit_simple(&self, kind: &str, action: &str, id: &str, name: Option<&str>) {
+        let mut attributes = BTreeMap::new();
+        if let Some(n) = name {
+            attributes.insert("name".to_owned(), n.to_owned());
+        }
+        self.emit(kind, action, id, attributes);
+    }
+
+    /// Every container.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The container `key` names: full id, unique id prefix, or name.
+    pub fn container(&self, key: &str) -> Result<Arc<Container>, EngineError> {
+        let key = key.strip_prefix('/').unwrap_or(key);
+        let all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = all.get(key) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = all.values().find(|c| c.record().name == key) {
+            return Ok(c.clone());
+        }
+        let matches: Vec<_> = if key.is_empty() {
+            Vec::new()
+        } else {
+            all.values().filter(|c| c.id.starts_with(key)).collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NotFound(format!("No such container: {key}"))),
+            _ => Err(EngineError::NotFound(format!(
+                "Error response from daemon: multiple IDs found with provided prefix: {key}"
+            ))),
+        }
+    }
+
+    /// The image `name` names: a reference, `sha256:<id>` or an id prefix.
+    pub fn image(&self, name: &str) -> Result<(String, ImageRecord), EngineError> {
+        let names = self.store.names()?;
+        if let Ok(reference) = name.parse::<Reference>() {
+            if let Some(record) = names.get(&reference.to_string()) {
+                return Ok((reference.to_string(), record.clone()));
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found = names
+                .iter()
+                .filter(|(_, r)| r.config.hex().starts_with(hex));
+            if let Some((n, r)) = found.next() {
+                return Ok((n.clone(), r.clone()));
+            }
+        }
+        Err(EngineError::NotFound(format!("No such image: {name}")))
+    }
+
+    /// Pulls `reference` unless the store has it.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        progress: Option<mpsc::UnboundedSender<crate::image::progress::Progress>>,
+    ) -> Result<ImageRecord, EngineError> {
+        let record = self
+            .puller
+            .pull(reference, &Platform::host(), progress)
+            .await?;
+        self.emit_simple("image", "pull", &reference.familiar(), None);
+        Ok(record)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    /// Creates a container; returns its id.
+    pub fn create(
+        &self,
+        name: Option<&str>,
+        config: ContainerConfig,
+        host_config: HostConfig,
+    ) -> Result<String, EngineError> {
+        if config.image.is_empty() {
+            return Err(EngineError::Invalid("No image was specified".into()));
+        }
+        let (_, image) = self.image(&config.image)?;
+        let (_, image_config) = self.store.image(&image)?;
+        let image_cfg = image_config.config.config().clone().unwrap_or_default();
+        let entrypoint = match &config.entrypoint {
+            Some(e) => e.clone(),
+            None => image_cfg.entrypoint().clone().unwrap_or_default(),
+        };
+        // A command given replaces the image's; an entrypoint given
+        // resets the image's command too.
+        let cmd = match (&config.cmd, &config.entrypoint) {
+            (Some(c), _) => c.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => image_cfg.cmd().clone().unwrap_or_default(),
+        };
+        let mut argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(EngineError::Invalid("no command specified".into()));
+        }
+        let path = argv.remove(0);
+        validate_restart(&host_config)?;
+        if host_config.auto_remove
+            && !host_config.restart_policy.name.is_empty()
+            && host_config.restart_policy.name != "no"
+        {
+            return Err(EngineError::Invalid(
+                "conflicting options: cannot specify both --restart and --rm".into(),
+            ));
+        }
+        for bind in host_config.binds.iter().flatten() {
+            volumes::parse_bind(bind)?;
+        }
+        let id = random_id();
+        let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(n);
+                names::validate(n)?;
+                if let Some(other) = all.values().find(|c| c.record().name == n) {
+                    return Err(EngineError::Conflict(format!(
+                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                        other.id
+                    )));
+                }
+                n.to_owned()
+            }
+            None => loop {
+                let candidate = names::generate();
+                if !all.values().any(|c| c.record().name == candidate) {
+                    break candidate;
+                }
+            },
+        };
+        let mut config = config;
+        if config.hostname.is_empty() {
+            config.hostname = id[..12].to_owned();
+        }
+        let record = Record {
+            id: id.clone(),
+            name,
+            created: now(),
+            image_name: config.image.clone(),
+            image,
+            path,
+            args: argv,
+            config,
+            host_config,
+            state: State::default(),
+            restart_count: 0,
+        };
+        let dir = self.container_dir(&id);
+        for sub in ["bundle/rootfs", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(EngineError::io(format!(
+                "create {}",
+                dir.join(sub).display()
+            )))?;
+        }
+        if let Err(e) = write_json(&dir.join("record.json"), &record) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let container = self.adopt(record.clone(), dir);
+        all.insert(id.clone(), container);
+        drop(all);
+        self.emit_container("create", &record, &[]);
+        Ok(id)
+    }
+
+    fn adopt(&self, record: Record, dir: PathBuf) -> Arc<Container> {
+        let watched = Watched {
+            status: record.state.status,
+            exit_code: record.state.exit_code,
+            exits: 0,
+            removed: false,
+        };
+        Arc::new(Container {
+            id: record.id.clone(),
+            dir,
+            record: Mutex::new(record),
+            watch: watch::channel(watched).0,
+            output: broadcast::channel(OUTPUT_BUFFER).0,
+            shim: Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn save(&self, container: &Container) -> Result<(), EngineError> {
+        write_json(&container.dir.join("record.json"), &container.record())
+    }
+
+    /// Starts a created or stopped container.
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let _guard = container.lifecycle.lock().await;
+        match container.record().state.status {
+            Status::Running | Status::Restarting => return Ok(()),
+            Status::Paused => {
+                return Err(EngineError::Conflict(
+                    "cannot start a paused container, try unpause instead".into(),
+                ))
+            }
+            Status::Removing | Status::Dead => {
+                return Err(EngineError::Conflict(format!(
+                    "container {} is marked for removal and cannot be started",
+                    container.id
+                )))
+            }
+            Status::Created | Status::Exited => {}
+        }
+        let started = self.launch(&container).await;
+        if let Err(e) = &started {
+            let message = e.to_string();
+            let record = container.update(|r| {
+                r.state.status = if r.state.started_at.is_some() {
+                    Status::Exited
+                } else {
+                    Status::Created
+                };
+                r.state.error = message.clone();
+                r.state.exit_code = 128;
+            });
+            let _ = self.save(&container);
+            let _ = overlay::unmount(&container.dir.join("bundle/rootfs"));
+            self.emit_container("die", &record, &[("exitCode", "128".into())]);
+        }
+        started
+    }
+
+    /// Mounts the rootfs, writes the bundle, starts the shim, connects,
+    /// and starts the process.
+    async fn launch(self: &Arc<Self>, container: &Arc<Container>) -> Result<(), EngineError> {
+        let record = container.record();
+        let dir = container.dir.clone();
+        let rootfs = dir.join("bundle/rootfs");
+        let _ = std::fs::remove_file(dir.join(shim::EXIT_FILE));
+        if !is_mounted(&rootfs) {
+            let lowers = self.store.lowers(&record.image)?;
+            Overlay {
+                lowers,
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+            }
+            .mount(&rootfs)?;
+        }
+        let (_, image_config) = self.store.image(&record.image)?;
+        let image_cfg = image_config.config.config().clone().unwrap_or_default();
+        let mut binds = self.binds(&record, &image_cfg)?;
+        binds.extend(self.etc_files(&record)?);
+        let spec = spec::build(
+            &record,
+            &spec::Inputs {
+                rootfs: &rootfs,
+                image_env: image_cfg.env().as_deref().unwrap_or_default(),
+                image_workdir: image_cfg.working_dir().as_deref().unwrap_or_default(),
+                image_user: image_cfg.user().as_deref().unwrap_or_default(),
+                binds: &binds,
+                hostname: &record.config.hostname,
+            },
+        )?;
+        let mut spec = spec;
+        if record.host_config.network_mode == "host" {
+            if let Some(linux) = spec.linux_mut() {
+                if let Some(ns) = linux.namespaces_mut() {
+                    ns.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+                }
+            }
+        }
+        write_json(&dir.join("bundle/config.json"), &spec)?;
+        // The runtime's state of an earlier run of this container.
+        let _ = crate::runtime::container_delete::delete(&self.runtime_root(), &container.id, true);
+
+        let mut command = tokio::process::Command::new("/proc/self/exe");
+        command
+            .arg("shim")
+            .arg("--runtime-root")
+            .arg(self.runtime_root())
+            .arg("--id")
+            .arg(&container.id)
+            .arg("--bundle")
+            .arg(dir.join("bundle"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        if record.config.tty {
+            command.arg("--tty");
+        }
+        if record.config.open_stdin {
+            command.arg("--stdin");
+        }
+        let mut child = command
+            .spawn()
+            .map_err(EngineError::io("start the container's shim"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(SHIM_READY, lines.next_line()).await;
+        // The shim is a child: reap it whenever it ends.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let line = match line {
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => return Err(EngineError::Internal("the container's shim died".into())),
+            Err(_) => {
+                return Err(EngineError::Internal(
+                    "the container's shim did not answer in time".into(),
+                ))
+            }
+        };
+        let pid: i32 = match line.split_once(' ') {
+            Some(("ok", pid)) => pid.trim().parse().unwrap_or(0),
+            Some(("error", message)) => return Err(EngineError::Internal(message.to_owned())),
+            _ => return Err(EngineError::Internal(format!("the shim said {line:?}"))),
+        };
+        let stream = connect_unix(&dir.join(shim::SOCKET)).await?;
+        let (started_tx, started_rx) = oneshot::channel();
+        self.attach_shim(container.clone(), stream, Some(started_tx));
+        let before = container.update(|r| {
+            r.state.pid = pid;
+        });
+        drop(before);
+        if !container.to_shim(Kind::Start, b"") {
+            return Err(EngineError::Internal("lost the shim before start".into()));
+        }
+        match started_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(EngineError::Internal(message)),
+            Err(_) => {
+                // The shim ended before saying so: the exit path has the story.
+            }
+        }
+        let record = container.update(|r| {
+            if r.state.status != Status::Exited || r.state.started_at.is_none() {
+                r.state.status = Status::Running;
+            }
+            r.state.started_at = Some(now());
+            r.state.finished_at = None;
+            r.state.error.clear();
+            r.state.stopped_by_user = false;
+        });
+        self.save(container)?;
+        self.emit_container("start", &record, &[]);
+        Ok(())
+    }
+
+    /// Mounts for the container's binds and volumes.
+    fn binds(
+        &self,
+        record: &Record,
+        image_cfg: &oci_spec::image::Config,
+    ) -> Result<Vec<spec::Bind>, EngineError> {
+        let mut out = Vec::new();
+        let mut covered = std::collections::HashSet::new();
+        for text in record.host_config.binds.iter().flatten() {
+            let bind = volumes::parse_bind(text)?;
+            let source = match &bind.source {
+                volumes::Source::Path(p) => {
+                    if !p.exists() {
+                        std::fs::create_dir_all(p)
+                            .map_err(EngineError::io(format!("create {}", p.display())))?;
+                    }
+                    p.clone()
+                }
+                volumes::Source::Volume(name) => {
+                    let v = self.volumes.ensure(name, false, BTreeMap::new())?;
+                    self.volumes.data(&v.name)
+                }
+            };
+            covered.insert(bind.destination.clone());
+            out.push(spec::Bind {
+                source,
+                destination: bind.destination,
+                read_only: bind.read_only,
+            });
+        }
+        // The image's and the container's VOLUMEs without a bind: an
+        // anonymous volume each, named after the container.
+        let mut wanted: Vec<String> = image_cfg
+            .volumes()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        wanted.extend(
+            record
+                .config
+                .volumes
+                .iter()
+                .flatten()
+                .map(|(k, _)| k.clone()),
+        );
+        wanted.sort();
+        wanted.dedup();
+        for (i, path) in wanted.iter().enumerate() {
+            if covered.contains(path) {
+                continue;
+            }
+            let name = format!("{}{:04}", &record.id[..48], i);
+            let v = self.volumes.ensure(&name, true, BTreeMap::new())?;
+            out.push(spec::Bind {
+                source: self.volumes.data(&v.name),
+                destination: path.clone(),
+                read_only: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The container's `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`.
+    fn etc_files(&self, record: &Record) -> Result<Vec<spec::Bind>, EngineError> {
+        if record.host_config.network_mode == "host" {
+            return Ok(Vec::new());
+        }
+        let dir = self.container_dir(&record.id);
+        let hostname = &record.config.hostname;
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+        );
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv: String = resolv
+            .lines()
+            .filter(|l| {
+                // A loopback resolver of the host is not reachable from
+                // the container's own network.
+                !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut out = Vec::new();
+        for (file, content) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, content)
+                .map_err(EngineError::io(format!("write {}", path.display())))?;
+            out.push(spec::Bind {
+                source: path,
+                destination: format!("/etc/{file}"),
+                read_only: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes over the connection to a container's shim: output to
+    /// subscribers, frames from the engine to the shim, the exit.
+    fn attach_shim(
+        self: &Arc<Self>,
+        container: Arc<Container>,
+        stream: tokio::net::UnixStream,
+        started: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        *container.shim.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut started = started;
+            let mut decoder = frame::Decoder::default();
+            let mut buffer = vec![0u8; 64 << 10];
+            let mut exit = None;
+            'read: loop {
+                let n = match reader.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                decoder.extend(&buffer[..n]);
+                while let Ok(Some((kind, payload))) = decoder.next_frame() {
+                    match kind {
+                        Kind::Stdout | Kind::Stderr => {
+                            let _ = container.output.send(Output {
+                                stream: if kind == Kind::Stdout { 1 } else { 2 },
+                                bytes: Bytes::from(payload),
+                            });
+                        }
+                        Kind::Started => {
+                            if let Some(s) = started.take() {
+                                let _ = s.send(Ok(()));
+                            }
+                        }
+                        Kind::Error => {
+                            if let Some(s) = started.take() {
+                                let _ = s.send(Err(String::from_utf8_lossy(&payload).into_owned()));
+                            }
+                        }
+                        Kind::Exited => {
+                            exit = serde_json::from_slice::<Exit>(&payload).ok();
+                            break 'read;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            *container.shim.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            drop(started);
+            let exit = match exit {
+                Some(e) => Some(e),
+                None => read_exit(&container.dir).await,
+            };
+            engine.exited(container, exit).await;
+        });
+    }
+
+    /// After the process ended: record it, clean up, then restart or
+    /// remove as the container's settings say.
+    async fn exited(self: &Arc<Self>, container: Arc<Container>, exit: Option<Exit>) {
+        let (code, error) = match &exit {
+            Some(e) => (e.code, String::new()),
+            None => (
+                255,
+                "the container's shim ended without an exit status".to_owned(),
+            ),
+        };
+        let rootfs = container.dir.join("bundle/rootfs");
+        if let Err(e) = overlay::unmount(&rootfs) {
+            warn!(container = %container.id, "unmount the rootfs: {e}");
+        }
+        let record = container.update(|r| {
+            r.state.status = Status::Exited;
+            r.state.exit_code = code;
+            r.state.pid = 0;
+            r.state.finished_at = Some(exit.as_ref().map_or_else(now, |e| e.at.clone()));
+            if !error.is_empty() {
+                r.state.error = error.clone();
+            }
+        });
+        let _ = self.save(&container);
+        container.watch.send_modify(|w| w.exits += 1);
+        self.emit_container("die", &record, &[("exitCode", code.to_string())]);
+
+        if self.should_restart(&record) {
+            let count = record.restart_count;
+            let delay = Duration::from_millis(100u64 << count.clamp(0, 10));
+            container.update(|r| {
+                r.state.status = Status::Restarting;
+                r.restart_count += 1;
+            });
+            let engine = self.clone();
+            let id = container.id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(c) = engine.container(&id) else { return };
+                if c.record().state.status != Status::Restarting {
+                    return;
+                }
+                c.update(|r| r.state.status = Status::Exited);
+                if let Err(e) = engine.start(&id).await {
+                    warn!(container = %id, "restart failed: {e}");
+                }
+            });
+            return;
+        }
+        if record.host_config.auto_remove {
+            if let Err(e) = self.remove(&container.id, true, true).await {
+                warn!(container = %container.id, "auto-remove failed: {e}");
+            }
+        }
+    }
+
+    fn should_restart(&self, record: &Record) -> bool {
+        if record.state.stopped_by_user {
+            return false;
+        }
+        let policy = &record.host_config.restart_policy;
+        match policy.name.as_str() {
+            "always" | "unless-stopped" => true,
+            "on-failure" => {
+                record.state.exit_code != 0
+                    && (policy.maximum_retry_count <= 0
+                        || record.restart_count < policy.maximum_retry_count)
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends `signal` to the container's process.
+    pub fn kill(&self, key: &str, signal: nix::sys::signal::Signal) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let record = container.record();
+        if !record.state.status.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "Cannot kill container: {}: container {} is not running",
+                key, container.id
+            )));
+        }
+        if signal == nix::sys::signal::Signal::SIGKILL
+            || signal == nix::sys::signal::Signal::SIGTERM
+        {
+            container.update(|r| r.state.stopped_by_user = true);
+        }
+        if !container.to_shim(Kind::Signal, &(signal as i32).to_be_bytes()) {
+            return Err(EngineError::Internal(format!(
+                "container {} has no shim to signal",
+                container.id
+            )));
+        }
+        self.emit_container("kill", &record, &[("signal", (signal as i32).to_string())]);
+        Ok(())
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`.
+    pub async fn stop(&self, key: &str, timeout: Option<i64>) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let record = container.record();
+        if record.state.status == Status::Restarting {
+            container.update(|r| {
+                r.state.status = Status::Exited;
+                r.state.stopped_by_user = true;
+            });
+            let _ = self.save(&container);
+            return Ok(());
+        }
+        if !record.state.status.is_running() {
+            return Ok(());
+        }
+        container.update(|r| r.state.stopped_by_user = true);
+        let signal = record
+            .config
+            .stop_signal
+            .as_deref()
+            .map(crate::runtime::container_kill::parse_signal)
+            .transpose()?
+            .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+        let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10);
+        let mut watch = container.watch();
+        let exits = watch.borrow().exits;
+        container.to_shim(Kind::Signal, &(signal as i32).to_be_bytes());
+        let exited = |w: &Watched| w.exits > exits || !w.status.is_running();
+        let done = if timeout >= 0 {
+            tokio::time::timeout(Duration::from_secs(timeout as u64), watch.wait_for(exited))
+                .await
+                .is_ok()
+        } else {
+            watch.wait_for(exited).await.is_ok()
+        };
+        if !done {
+            container.to_shim(
+                Kind::Signal,
+                &(nix::sys::signal::Signal::SIGKILL as i32).to_be_bytes(),
+            );
+            let _ = watch.wait_for(exited).await;
+        }
+        self.emit_container("stop", &record, &[]);
+        Ok(())
+    }
+
+    /// Waits for `condition`; the exit code.
+    pub async fn wait(&self, key: &str, condition: WaitCondition) -> Result<i32, EngineError> {
+        let container = self.container(key)?;
+        let mut watch = container.watch();
+        let now = *watch.borrow();
+        let result = match condition {
+            WaitCondition::NotRunning => {
+                watch
+                    .wait_for(|w| {
+                        w.removed
+                            || !matches!(
+                                w.status,
+                                Status::Running | Status::Paused | Status::Restarting
+                            )
+                    })
+                    .await
+            }
+            WaitCondition::NextExit => watch.wait_for(|w| w.removed || w.exits > now.exits).await,
+            WaitCondition::Removed => watch.wait_for(|w| w.removed).await,
+        };
+        Ok(result.map(|w| w.exit_code).unwrap_or(now.exit_code))
+    }
+
+    /// Removes a container (`force` stops a running one first).
+    pub async fn remove(&self, key: &str, force: bool, volumes: bool) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let record = container.record();
+        if record.state.status.is_running() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    record.name
+                )));
+            }
+            container.update(|r| r.state.stopped_by_user = true);
+            let mut watch = container.watch();
+            container.to_shim(
+                Kind::Signal,
+                &(nix::sys::signal::Signal::SIGKILL as i32).to_be_bytes(),
+            );
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                watch.wait_for(|w| !w.status.is_running()),
+            )
+            .await;
+        }
+        let _guard = container.lifecycle.lock().await;
+        {
+            let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            if all.remove(&container.id).is_none() {
+                // Someone else removed it meanwhile.
+                return Ok(());
+            }
+        }
+        container.update(|r| r.state.status = Status::Removing);
+        let rootfs = container.dir.join("bundle/rootfs");
+        let _ = overlay::unmount(&rootfs);
+        let _ = crate::runtime::container_delete::delete(&self.runtime_root(), &container.id, true);
+        let dir = container.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+        if let Ok(Err(e)) = removed {
+            warn!(container = %container.id, "remove its directory: {e}");
+        }
+        if volumes {
+            for i in 0..1000 {
+                let name = format!("{}{:04}", &container.id[..48], i);
+                if self.volumes.remove(&name, false).is_err() {
+                    break;
+                }
+            }
+        }
+        container.watch.send_modify(|w| w.removed = true);
+        self.emit_container("destroy", &record, &[]);
+        Ok(())
+    }
+
+    /// Renames a container.
+    pub fn rename(&self, key: &str, new_name: &str) -> Result<(), EngineError> {
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
+        names::validate(new_name)?;
+        let container = self.container(key)?;
+        {
+            let all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = all.values().find(|c| c.record().name == new_name) {
+                return Err(EngineError::Conflict(format!(
+                    "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    other.id
+                )));
+            }
+            container.update(|r| r.name = new_name.to_owned());
+        }
+        self.save(&container)?;
+        let record = container.record();
+        self.emit_container("rename", &record, &[]);
+        Ok(())
+    }
+
+    /// Loads the containers on disk, reconnects to running ones, marks
+    /// the others exited, and restarts those whose policy says so.
+    async fn restore(self: &Arc<Self>) {
+        let dir = self.root.join("containers");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut to_start = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let record: Record = match std::fs::read(path.join("record.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(r) => r,
+                None => {
+                    // A create that never finished writing its record.
+                    warn!(dir = %path.display(), "removing a container without a record");
+                    let _ = overlay::unmount(&path.join("bundle/rootfs"));
+                    let _ = std::fs::remove_dir_all(&path);
+                    continue;
+                }
+            };
+            let was_running = matches!(
+                record.state.status,
+                Status::Running | Status::Paused | Status::Restarting
+            );
+            let container = self.adopt(record.clone(), path.clone());
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(record.id.clone(), container.clone());
+            if !was_running {
+                continue;
+            }
+            match connect_unix(&path.join(shim::SOCKET)).await {
+                Ok(stream) => {
+                    info!(container = %record.id, "reconnected to its shim");
+                    self.attach_shim(container, stream, None);
+                }
+                Err(_) => {
+                    let exit = read_exit(&path).await;
+                    let _ = overlay::unmount(&path.join("bundle/rootfs"));
+                    container.update(|r| {
+                        r.state.status = Status::Exited;
+                        r.state.pid = 0;
+                        match &exit {
+                            Some(e) => {
+                                r.state.exit_code = e.code;
+                                r.state.finished_at = Some(e.at.clone());
+                            }
+                            None => {
+                                r.state.exit_code = 255;
+                                r.state.finished_at = Some(now());
+                                r.state.error =
+                                    "the agent restarted and the container was gone".into();
+                            }
+                        }
+                    });
+                    let _ = self.save(&container);
+                    let record = container.record();
+                    if matches!(
+                        record.host_config.restart_policy.name.as_str(),
+                        "always" | "unless-stopped"
+                    ) && !record.state.stopped_by_user
+                    {
+                        to_start.push(record.id.clone());
+                    } else if record.host_config.auto_remove {
+                        let _ = self.remove(&record.id, true, true).await;
+                    }
+                }
+            }
+        }
+        for id in to_start {
+            if let Err(e) = self.start(&id).await {
+                warn!(container = %id, "restart after the agent restarted: {e}");
+            }
+        }
+    }
+
+    /// Containers that use the image with config digest `config`.
+    pub fn users_of_image(&self, config: &crate::image::digest::Digest) -> Vec<Arc<Container>> {
+        self.containers()
+            .into_iter()
+            .filter(|c| &c.record().image.config == config)
+            .collect()
+    }
+
+    /// Rough uptime for `ps`: "Up 3 seconds".
+    pub fn since(at: &str) -> Option<Duration> {
+        let t = humantime::parse_rfc3339_weak(at.trim_end_matches('Z').split('.').next()?).ok()?;
+        SystemTime::now().duration_since(t).ok()
+    }
+}
+
+fn validate_restart(host: &HostConfig) -> Result<(), EngineError> {
+    let policy = &host.restart_policy;
+    match policy.name.as_str() {
+        "" | "no" | "always" | "unless-stopped" | "on-failure" => {}
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+            )))
+        }
+    }
+    if policy.maximum_retry_count < 0 {
+        return Err(EngineError::Invalid(
+            "invalid restart policy: maximum retry count must be a positive integer".into(),
+        ));
+    }
+    if policy.maximum_retry_count > 0 && policy.name != "on-failure" {
+        return Err(EngineError::Invalid(format!(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+        )));
+    }
+    Ok(())
+}
+
+/// The exit the shim recorded, if it did.
+async fn read_exit(dir: &Path) -> Option<Exit> {
+    let bytes = tokio::fs::read(dir.join(shim::EXIT_FILE)).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether something is mounted at `path`.
+fn is_mounted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    here.dev() != parent.dev()
+}
+
+/// Connects to a unix socket, also where its path is longer than a
+/// `sockaddr_un` holds (through the directory's `/proc/self/fd` entry).
+async fn connect_unix(path: &Path) -> Result<tokio::net::UnixStream, EngineError> {
+    let fail =
+        |e: std::io::Error| EngineError::Internal(format!("connect to {}: {e}", path.display()));
+    if path.as_os_str().len() < 100 {
+        return tokio::net::UnixStream::connect(path).await.map_err(fail);
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().unwrap_or_default();
+    let dir = std::fs::File::open(parent).map_err(fail)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    let stream = tokio::net::UnixStream::connect(&short).await.map_err(fail);
+    drop(dir);
+    stream
+}

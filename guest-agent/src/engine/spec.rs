@@ -1,0 +1,335 @@
+//! From a container record and its image's config to the OCI runtime
+//! spec the runtime reads: process (entrypoint + command, env, user,
+//! working directory, terminal), mounts (binds, volumes, the container's
+//! `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`), resources, and
+//! Docker's default capability set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
+};
+
+use super::config::Record;
+use super::EngineError;
+
+/// The PATH a container gets when neither it nor its image sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities Docker grants by default.
+const CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// A mount the engine adds: host path, container path, read-only.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    /// On the host.
+    pub source: PathBuf,
+    /// In the container.
+    pub destination: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The process's environment: the image's, then the container's (which
+/// wins per variable), PATH if neither set it, HOSTNAME, TERM with a tty.
+pub fn environment(image_env: &[String], record: &Record, hostname: &str) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |entry: &str| {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        match env.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => env.push((key.to_owned(), value.to_owned())),
+        }
+    };
+    set(&format!("PATH={DEFAULT_PATH}"));
+    set(&format!("HOSTNAME={hostname}"));
+    for e in image_env {
+        set(e);
+    }
+    if record.config.tty {
+        set("TERM=xterm");
+    }
+    for e in record.config.env.iter().flatten() {
+        set(e);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Resolves `user` (`name`, `uid`, `name:group`, `uid:gid`) against the
+/// rootfs's `/etc/passwd` and `/etc/group`: (uid, gid, additional gids).
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), EngineError> {
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let entries = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| l.split(':').map(str::to_owned).collect())
+            .collect()
+    };
+    let passwd = entries(&passwd);
+    let groups = entries(&groups);
+    let (uid, mut gid, name) = if user_part.is_empty() {
+        (0, 0, "root".to_owned())
+    } else if let Ok(uid) = user_part.parse::<u32>() {
+        let found = passwd
+            .iter()
+            .find(|p| p.get(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid));
+        let gid = found
+            .and_then(|p| p.get(3))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let name = found.and_then(|p| p.first()).cloned().unwrap_or_default();
+        (uid, gid, name)
+    } else {
+        let found = passwd
+            .iter()
+            .find(|p| p.first().map(String::as_str) == Some(user_part))
+            .ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "unable to find user {user_part}: no matching entries in passwd file"
+                ))
+            })?;
+        let number = |i: usize| found.get(i).and_then(|v| v.parse::<u32>().ok());
+        (
+            number(2).unwrap_or(0),
+            number(3).unwrap_or(0),
+            user_part.to_owned(),
+        )
+    };
+    if let Some(group) = group_part {
+        gid = match group.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => groups
+                .iter()
+                .find(|g| g.first().map(String::as_str) == Some(group))
+                .and_then(|g| g.get(2))
+                .and_then(|g| g.parse().ok())
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "unable to find group {group}: no matching entries in group file"
+                    ))
+                })?,
+        };
+    }
+    let additional = groups
+        .iter()
+        .filter(|g| {
+            !name.is_empty()
+                && g.get(3)
+                    .is_some_and(|members| members.split(',').any(|m| m == name))
+        })
+        .filter_map(|g| g.get(2).and_then(|v| v.parse().ok()))
+        .filter(|g| *g != gid)
+        .collect();
+    Ok((uid, gid, additional))
+}
+
+/// What the spec is built from besides the record.
+pub struct Inputs<'a> {
+    /// The mounted rootfs (for user lookup).
+    pub rootfs: &'a Path,
+    /// The image config's Env.
+    pub image_env: &'a [String],
+    /// The image config's WorkingDir.
+    pub image_workdir: &'a str,
+    /// The image config's User.
+    pub image_user: &'a str,
+    /// Mounts besides the defaults.
+    pub binds: &'a [Bind],
+    /// The container's hostname.
+    pub hostname: &'a str,
+}
+
+fn invalid(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Invalid(e.to_string())
+}
+
+/// The OCI spec for `record`.
+pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> {
+    let config = &record.config;
+    let user = if config.user.is_empty() {
+        inputs.image_user
+    } else {
+        &config.user
+    };
+    let (uid, gid, additional) = resolve_user(inputs.rootfs, user)?;
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !inputs.image_workdir.is_empty() {
+        inputs.image_workdir.to_owned()
+    } else {
+        "/".to_owned()
+    };
+    let mut args = vec![record.path.clone()];
+    args.extend(record.args.iter().cloned());
+    let caps: std::collections::HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let mut capabilities = oci_spec::runtime::LinuxCapabilities::default();
+    capabilities
+        .set_bounding(Some(caps.clone()))
+        .set_effective(Some(caps.clone()))
+        .set_permitted(Some(caps))
+        .set_inheritable(None)
+        .set_ambient(None);
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .args(args)
+        .env(environment(inputs.image_env, record, inputs.hostname))
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .additional_gids(additional)
+                .build()
+                .map_err(invalid)?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .build()
+        .map_err(invalid)?;
+    process.set_rlimits(None);
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    for bind in inputs.binds {
+        let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+        if bind.read_only {
+            options.push("ro".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(&bind.destination)
+                .typ("bind")
+                .source(&bind.source)
+                .options(options)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+
+    let mut resources = LinuxResourcesBuilder::default();
+    let host = &record.host_config;
+    if host.memory > 0 {
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(host.memory)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    let (quota, period) = if host.nano_cpus > 0 {
+        (Some(host.nano_cpus / 10_000), Some(100_000u64))
+    } else if host.cpu_quota > 0 {
+        (
+            Some(host.cpu_quota),
+            Some(if host.cpu_period > 0 {
+                host.cpu_period as u64
+            } else {
+                100_000
+            }),
+        )
+    } else {
+        (None, None)
+    };
+    let mut cpu = LinuxCpuBuilder::default();
+    if let (Some(q), Some(p)) = (quota, period) {
+        cpu = cpu.quota(q).period(p);
+    }
+    if host.cpu_shares > 0 {
+        cpu = cpu.shares(host.cpu_shares as u64);
+    }
+    resources = resources.cpu(cpu.build().map_err(invalid)?);
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(invalid)?;
+    let default_linux = oci_spec::runtime::Linux::default();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(invalid)?)
+        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .build()
+        .map_err(invalid)?;
+
+    let mut annotations = BTreeMap::new();
+    annotations.insert("org.berth.container.name".to_owned(), record.name.clone());
+    let mut spec = Spec::default();
+    spec.set_process(Some(process))
+        .set_hostname(Some(inputs.hostname.to_owned()))
+        .set_root(Some(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(host.readonly_rootfs)
+                .build()
+                .map_err(invalid)?,
+        ))
+        .set_mounts(Some(mounts))
+        .set_linux(Some(linux))
+        .set_annotations(Some(annotations.into_iter().collect()));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_resolve_against_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\nme:x:1000:1000::/home/me:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nusers:x:100:me\nme:x:1000:\n",
+        )
+        .unwrap();
+        assert_eq!(resolve_user(dir.path(), "").unwrap(), (0, 0, vec![]));
+        assert_eq!(
+            resolve_user(dir.path(), "me").unwrap(),
+            (1000, 1000, vec![100])
+        );
+        assert_eq!(
+            resolve_user(dir.path(), "1000").unwrap(),
+            (1000, 1000, vec![100])
+        );
+        assert_eq!(resolve_user(dir.path(), "4242").unwrap(), (4242, 0, vec![]));
+        assert_eq!(resolve_user(dir.path(), "nobody:users").unwrap().1, 100);
+        assert_eq!(resolve_user(dir.path(), "me:77").unwrap().1, 77);
+        assert!(resolve_user(dir.path(), "ghost").is_err());
+        assert!(resolve_user(dir.path(), "me:ghosts").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! An agent serving the Docker Engine API on a socket of its own, the
+//! real `docker` CLI pointed at it, and a registry holding a busybox
+//! image (every applet, `/etc/passwd`, `/etc/group`) for it to pull.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::registry::{entry, file, LayerFn, Layout, Registry};
+
+/// The docker CLI: `/usr/local/bin/docker` if there, else `docker` on PATH.
+pub fn docker_cli() -> PathBuf {
+    let local = Path::new("/usr/local/bin/docker");
+    if local.exists() {
+        return local.to_owned();
+    }
+    PathBuf::from("docker")
+}
+
+/// A busybox root: every applet busybox lists, users and groups.
+pub fn busybox_root() -> LayerFn {
+    Box::new(|t| {
+        for d in [
+            "bin", "etc", "tmp", "proc", "dev", "sys", "root", "home", "var", "usr",
+        ] {
+            entry(t, d, tar::EntryType::Directory, None);
+        }
+        let busybox = std::fs::read("/usr/bin/busybox").unwrap();
+        file(t, "bin/busybox", &busybox, 0o755);
+        let list = Command::new("/usr/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                entry(
+                    t,
+                    &format!("bin/{applet}"),
+                    tar::EntryType::Symlink,
+                    Some("busybox"),
+                );
+            }
+        }
+        file(
+            t,
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            0o644,
+        );
+        file(t, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644);
+    })
+}
+
+/// An agent with the Docker API, stopped (and its containers killed) on drop.
+pub struct Engine {
+    child: Child,
+    /// The agent's root.
+    pub root: tempfile::TempDir,
+    /// The registry with `busybox:latest`.
+    pub registry: Registry,
+}
+
+impl Engine {
+    /// Starts a registry with busybox in it, then the agent.
+    pub fn start() -> Self {
+        let registry = Registry::start();
+        Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+        let root = tempfile::Builder::new()
+            .prefix("bd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let child = Self::spawn(root.path());
+        Engine {
+            child,
+            root,
+            registry,
+        }
+    }
+
+    fn spawn(root: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("agent.log"))
+            .unwrap();
+        let child = Command::new(crate::bin("berth-agent"))
+            .arg("serve")
+            .arg("--root")
+            .arg(root.join("state"))
+            .arg("--listen")
+            .arg(format!("unix:{}", root.join("agent.sock").display()))
+            .arg("--docker-socket")
+            .arg(root.join("docker.sock"))
+            .env("BERTH_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(root.join("docker.sock")).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not serve the docker socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// Stops the agent (SIGTERM) and starts it again on the same root.
+    pub fn restart_agent(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.root.path());
+    }
+
+    /// `unix://…/docker.sock`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.root.path().join("docker.sock").display())
+    }
+
+    /// The image name tests run: `127.0.0.1:PORT/busybox`.
+    pub fn busybox(&self) -> String {
+        format!("{}/busybox", self.registry.host)
+    }
+
+    /// A `docker` command pointed at the agent.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(docker_cli());
+        c.args(args)
+            .env("DOCKER_HOST", self.host())
+            .env("DOCKER_CONFIG", self.root.path().join("docker-config"))
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    /// Runs `docker args`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `docker args`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({}): {}{}\nagent log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The end of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.root.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Containers first (their shims outlive the agent by design).
+        if let Ok(out) = self.command(&["ps", "-aq"]).stdin(Stdio::null()).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = self.command(&args).stdin(Stdio::null()).output();
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
