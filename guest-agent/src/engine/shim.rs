@@ -163,9 +163,7 @@ fn run(args: &ShimArgs, handshake: &mut Option<File>) -> Result<(), RuntimeError
     };
     if let Some(ends) = &container_ends {
         for (target, fd) in ends.iter().enumerate() {
-            // SAFETY: 0-2 are this process's stdio, which nothing else in
-            // this single-threaded process holds; they become the pipes.
-            unsafe { nix::unistd::dup2_raw(fd, target as RawFd) }
+            replace_stdio(fd.as_fd(), target as RawFd)
                 .map_err(RuntimeError::sys("hand the container its stdio"))?;
         }
     }
@@ -191,8 +189,7 @@ fn run(args: &ShimArgs, handshake: &mut Option<File>) -> Result<(), RuntimeError
         } else {
             null.as_fd()
         };
-        // SAFETY: as above; the container's ends are replaced.
-        let _ = unsafe { nix::unistd::dup2_raw(to, target) };
+        let _ = replace_stdio(to, target);
     }
     drop(container_ends);
     let saved = created?;
@@ -429,6 +426,17 @@ fn write_exit(record: &Exit) -> Result<(), RuntimeError> {
         std::fs::rename(&tmp, EXIT_FILE)
     };
     write().map_err(RuntimeError::io("record the exit"))
+}
+
+/// Points one of descriptors 0-2 at `to`. The descriptor stays the
+/// process's stdio: it is never owned (and so never closed) here.
+fn replace_stdio(to: std::os::fd::BorrowedFd<'_>, target: RawFd) -> nix::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: 0-2 are this process's stdio, which nothing else in this
+    // single-threaded process holds as an owned descriptor.
+    let fd = unsafe { nix::unistd::dup2_raw(to, target) }?;
+    let _ = fd.into_raw_fd();
+    Ok(())
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
