@@ -1,7 +1,17 @@
 //! The stock `docker` CLI against `berth-agent`'s Docker Engine API.
 
+use std::time::{Duration, Instant};
+
 use berth_tests::docker::Engine;
 use berth_tests::require_root;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
 
 #[test]
 fn run_prints_output_and_passes_exit_codes() {
@@ -10,10 +20,301 @@ fn run_prints_output_and_passes_exit_codes() {
     let image = d.busybox();
     assert_eq!(d.ok(&["run", "--rm", &image, "echo", "hi"]), "hi\n");
     let out = d.run(&["run", &image, "sh", "-c", "exit 3"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // Output on stderr stays on stderr.
+    let out = d.run(&["run", "--rm", &image, "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // A command that does not exist: dockerd's 127.
+    let out = d.run(&["run", "--rm", &image, "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+}
+
+#[test]
+fn run_options_reach_the_process() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hello",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "--hostname",
+        "box1",
+        &image,
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u) $(hostname)",
+    ]);
+    assert_eq!(out, "hello /tmp 65534 box1\n");
+    let out = d.ok(&["run", "--rm", "--entrypoint", "echo", &image, "a", "b"]);
+    assert_eq!(out, "a b\n");
+    // -m and --cpus land in the cgroup.
+    let out = d.ok(&[
+        "run", "--rm", "-m", "64m", "--cpus", "0.5", "-l", "k=v", &image, "true",
+    ]);
+    assert_eq!(out, "");
+    let id = d.ok(&["create", "-m", "64m", "--cpus", "0.5", "-l", "k=v", &image]);
+    let id = id.trim();
+    let shown = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{index .Config.Labels \"k\"}}",
+        id,
+    ]);
+    assert_eq!(shown, "67108864 500000000 v\n");
+}
+
+#[test]
+fn detached_container_logs_follow_and_ps_shows_status() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        &image,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 0.3; done; sleep 30",
+    ]);
+    assert_eq!(id.trim().len(), 64);
+    let mut follow = d
+        .command(&["logs", "-f", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 256];
+    while !seen.contains("line3") {
+        assert!(Instant::now() < deadline, "logs -f showed only {seen:?}");
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "logs -f ended early: {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(seen, "line1\nline2\nline3\n");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let ps = d.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("ticker Up "), "{ps}");
+    assert_eq!(d.ok(&["logs", "--tail", "1", "ticker"]), "line3\n");
+    let stamped = d.ok(&["logs", "-t", "ticker"]);
+    assert!(stamped.lines().all(|l| l.len() > 31 && &l[4..5] == "-"), "{stamped}");
+
+    d.ok(&["kill", "-s", "KILL", "ticker"]);
+    let ps = d.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("ticker Exited (137) "), "{ps}");
+    assert_eq!(d.ok(&["ps", "-q"]), "");
+    assert_eq!(d.ok(&["ps", "-aq", "--filter", "status=exited"]).trim(), &id.trim()[..12]);
+    assert_eq!(d.ok(&["wait", "ticker"]), "137\n");
+}
+
+#[test]
+fn stop_waits_the_timeout_then_kills() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        &image,
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ]);
+    let start = Instant::now();
+    d.ok(&["stop", "-t", "2", "stubborn"]);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(2), "stop took {took:?}");
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    let code = d.ok(&["inspect", "-f", "{{.State.ExitCode}} {{.State.Running}}", "stubborn"]);
+    assert_eq!(code, "137 false\n");
+
+    // A process that honours SIGTERM goes at once (a plain `sleep` would
+    // not: as its namespace's init it has no default SIGTERM action).
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "polite",
+        &image,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 60 & wait",
+    ]);
+    let start = Instant::now();
+    d.ok(&["stop", "polite"]);
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // rm -f of a running container.
+    d.ok(&["run", "-d", "--name", "doomed", &image, "sleep", "60"]);
+    let out = d.run(&["rm", "doomed"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("stop the container before removing"), "{}", text(&out));
+    d.ok(&["rm", "-f", "doomed"]);
+    let out = d.run(&["inspect", "doomed"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("No such object: doomed"), "{}", text(&out));
+}
+
+#[test]
+fn create_start_attach_restart_rename_and_prune() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&["create", "--name", "first", &image, "echo", "from first"]);
+    let ps = d.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert_eq!(ps, "first Created\n");
+    assert_eq!(d.ok(&["start", "-a", "first"]), "from first\n");
+    d.ok(&["rename", "first", "second"]);
+    assert_eq!(d.ok(&["start", "-a", "second"]), "from first\n");
+    assert_eq!(d.ok(&["logs", "second"]), "from first\nfrom first\n");
+    // Names collide.
+    let out = d.run(&["create", "--name", "second", &image]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is already in use"), "{}", text(&out));
+
+    d.ok(&["run", "-d", "--name", "runner", &image, "sleep", "60"]);
+    let before = d.ok(&["inspect", "-f", "{{.State.Pid}}", "runner"]);
+    d.ok(&["restart", "-t", "1", "runner"]);
+    let after = d.ok(&["inspect", "-f", "{{.State.Pid}} {{.State.Running}}", "runner"]);
+    assert_ne!(before.trim(), after.split(' ').next().unwrap());
+    assert!(after.ends_with("true\n"), "{after}\n{}", d.log_tail());
+
+    let pruned = d.ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Deleted Containers:"), "{pruned}");
+    assert_eq!(d.ok(&["ps", "-a", "--format", "{{.Names}}"]), "runner\n");
+}
+
+#[test]
+fn restart_policies_and_auto_remove() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        &image,
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = d.ok(&["inspect", "-f", "{{.RestartCount}} {{.State.Status}}", "flaky"]);
+        if s == "2 exited\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restart count stuck at {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.ok(&["run", "-d", "--rm", "--name", "brief", &image, "true"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.run(&["inspect", "brief"]).status.success() {
+        assert!(Instant::now() < deadline, "--rm container still there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = d.run(&["run", "--rm", "--restart", "always", &image, "true"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn volumes_bind_mounts_and_named_volumes() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "from host\n").unwrap();
+    let bind = format!("{}:/data", dir.path().display());
+    let out = d.ok(&[
+        "run", "--rm", "-v", &bind, &image, "sh", "-c", "cat /data/in.txt; echo back > /data/out.txt",
+    ]);
+    assert_eq!(out, "from host\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "back\n");
+
+    assert_eq!(d.ok(&["volume", "create", "store"]), "store\n");
+    d.ok(&["run", "--rm", "-v", "store:/s", &image, "sh", "-c", "echo kept > /s/f"]);
+    assert_eq!(d.ok(&["run", "--rm", "-v", "store:/s", &image, "cat", "/s/f"]), "kept\n");
+    let ls = d.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    assert_eq!(ls, "local store\n");
+    let mp = d.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "store"]);
+    assert!(std::path::Path::new(mp.trim()).join("f").exists());
+    d.ok(&["run", "--name", "user", "-v", "store:/s", &image, "true"]);
+    let out = d.run(&["volume", "rm", "store"]);
+    assert!(text(&out).contains("volume is in use"), "{}", text(&out));
+    d.ok(&["rm", "user"]);
+    d.ok(&["volume", "rm", "store"]);
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "");
+    let df = d.ok(&["system", "df"]);
+    assert!(df.contains("Images") && df.contains("Local Volumes"), "{df}");
+}
+
+#[test]
+fn agent_restart_keeps_containers() {
+    require_root();
+    let mut d = Engine::start();
+    let image = d.busybox();
+    d.ok(&["run", "--name", "done", &image, "echo", "kept"]);
+    d.ok(&["run", "-d", "--name", "alive", &image, "sh", "-c", "sleep 2; echo late; sleep 60"]);
+    d.restart_agent();
+    assert_eq!(d.ok(&["logs", "done"]), "kept\n");
+    let ps = d.ok(&["ps", "--format", "{{.Names}}"]);
+    assert_eq!(ps, "alive\n");
+    // Output written while the agent was away is in the log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.ok(&["logs", "alive"]) != "late\n" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.ok(&["kill", "alive"]);
+    assert_eq!(d.ok(&["wait", "alive"]), "137\n");
+}
+
+#[test]
+fn version_info_events_and_bad_input() {
+    require_root();
+    let d = Engine::start();
+    let v = d.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"]);
+    assert_eq!(v, "1.47 linux\n");
+    let info = d.ok(&["info", "--format", "{{.OperatingSystem}} {{.Containers}}"]);
+    assert!(info.ends_with(" 0\n"), "{info}");
+    let out = d.run(&["inspect", "nothing-here"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = d.run(&["run", "--rm", "no-such-registry.invalid/x"]);
+    assert_eq!(out.status.code(), Some(125));
+    let out = d.run(&["run", "--rm", "--name", "bad/name", &d.busybox(), "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out).contains("Invalid container name"), "{}", text(&out));
+    // events sees a run.
+    let mut events = d
+        .command(&["events", "--format", "{{.Type}} {{.Action}}", "--filter", "type=container"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.ok(&["run", "--rm", &d.busybox(), "true"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for action in ["create", "start", "die", "destroy"] {
+        assert!(seen.contains(&format!("container {action}")), "{seen}");
+    }
 }

@@ -563,6 +563,7 @@ impl Engine {
         let started = self.launch(&container).await;
         if let Err(e) = &started {
             let message = e.to_string();
+            let code = start_failure_code(&message);
             let record = container.update(|r| {
                 r.state.status = if r.state.started_at.is_some() {
                     Status::Exited
@@ -570,11 +571,24 @@ impl Engine {
                     Status::Created
                 };
                 r.state.error = message.clone();
-                r.state.exit_code = 128;
+                r.state.exit_code = code;
             });
             let _ = self.save(&container);
             let _ = overlay::unmount(&container.dir.join("bundle/rootfs"));
-            self.emit_container("die", &record, &[("exitCode", "128".into())]);
+            container.watch.send_modify(|w| w.exits += 1);
+            self.emit_container("die", &record, &[("exitCode", code.to_string())]);
+            if record.host_config.auto_remove {
+                // As dockerd does: a container that could not start is
+                // removed, which is what `run --rm` waits for. The
+                // removal needs the lifecycle lock this call holds.
+                let engine = self.clone();
+                let id = container.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.remove(&id, true, true).await {
+                        warn!(container = %id, "auto-remove failed: {e}");
+                    }
+                });
+            }
         }
         started
     }
@@ -683,15 +697,9 @@ impl Engine {
                 // The shim ended before saying so: the exit path has the story.
             }
         }
-        let record = container.update(|r| {
-            if r.state.status != Status::Exited || r.state.started_at.is_none() {
-                r.state.status = Status::Running;
-            }
-            r.state.started_at = Some(now());
-            r.state.finished_at = None;
-            r.state.error.clear();
-            r.state.stopped_by_user = false;
-        });
+        // The shim connection's reader marked it running on `Started`,
+        // before it could have seen the exit.
+        let record = container.record();
         self.save(container)?;
         self.emit_container("start", &record, &[]);
         Ok(())
@@ -837,6 +845,13 @@ impl Engine {
                             });
                         }
                         Kind::Started => {
+                            container.update(|r| {
+                                r.state.status = Status::Running;
+                                r.state.started_at = Some(now());
+                                r.state.finished_at = None;
+                                r.state.error.clear();
+                                r.state.stopped_by_user = false;
+                            });
                             if let Some(s) = started.take() {
                                 let _ = s.send(Ok(()));
                             }
@@ -1255,4 +1270,19 @@ async fn connect_unix(path: &Path) -> Result<tokio::net::UnixStream, EngineError
     let stream = tokio::net::UnixStream::connect(&short).await.map_err(fail);
     drop(dir);
     stream
+}
+
+/// The exit code of a container whose process could not be started, as
+/// dockerd reports it: 127 for a program not found, 126 for one that
+/// cannot be run, 128 for anything else.
+fn start_failure_code(message: &str) -> i32 {
+    let message = message.to_ascii_lowercase();
+    if message.contains("executable file not found") || message.contains("no such file or directory")
+    {
+        127
+    } else if message.contains("permission denied") || message.contains("is a directory") {
+        126
+    } else {
+        128
+    }
 }

@@ -253,15 +253,23 @@ impl Prepared {
 
 /// Finds `name` on the PATH of the container's environment.
 fn find_program(name: &str, env: &[String]) -> Result<PathBuf, RuntimeError> {
-    let not_found = || RuntimeError::Io {
-        action: format!("find the program {name:?} in the container"),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    // Worded as runc words them: Docker clients map these phrases to the
+    // exit codes 127 and 126.
+    let failed = |why: &str| RuntimeError::Io {
+        action: format!("exec {name:?}"),
+        source: std::io::Error::other(why.to_owned()),
+    };
+    let executable = |p: &Path| {
+        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+            && p.metadata().is_ok_and(|m| m.is_file())
     };
     if name.contains('/') {
-        return Path::new(name)
-            .exists()
-            .then(|| PathBuf::from(name))
-            .ok_or_else(not_found);
+        let path = Path::new(name);
+        return match path.metadata() {
+            Err(_) => Err(failed("stat: no such file or directory")),
+            Ok(_) if !executable(path) => Err(failed("permission denied")),
+            Ok(_) => Ok(path.to_owned()),
+        };
     }
     let path = env
         .iter()
@@ -270,11 +278,8 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf, RuntimeError> {
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
-        .find(|p| {
-            nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
-                && p.metadata().is_ok_and(|m| m.is_file())
-        })
-        .ok_or_else(not_found)
+        .find(|p| executable(p))
+        .ok_or_else(|| failed("executable file not found in $PATH"))
 }
 
 fn set_rlimits(process: &Process) -> Result<(), RuntimeError> {
