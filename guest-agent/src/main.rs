@@ -44,6 +44,9 @@ enum Command {
     /// A container's shim (started by the engine; not for direct use).
     #[command(hide = true)]
     Shim(berth_agent::engine::shim::ShimArgs),
+    /// Runs one exec for the engine (internal).
+    #[command(hide = true)]
+    ExecShim(berth_agent::engine::exec::ExecShimArgs),
     /// The OCI runtime: runc's verbs over a bundle.
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
     /// The image store: pull, list, inspect, remove, gc.
@@ -136,6 +139,9 @@ fn main() -> ExitCode {
             }
             ExitCode::from(u8::try_from(berth_agent::engine::shim::main(args)).unwrap_or(1))
         }
+        Command::ExecShim(args) => ExitCode::from(
+            u8::try_from(berth_agent::engine::exec::shim_main(args)).unwrap_or(u8::MAX),
+        ),
         // The runtime forks: it must stay single-threaded, so it never
         // starts the async runtime.
         Command::Runtime(args) => match berth_agent::runtime::cli::main(*args) {

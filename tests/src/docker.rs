@@ -186,3 +186,117 @@ impl Drop for Engine {
         let _ = self.child.wait();
     }
 }
+
+/// A command run on a pseudo-terminal of the test's own, as a user's
+/// shell runs it: the terminal is its controlling terminal, and resizing
+/// it sends SIGWINCH to it.
+pub struct Pty {
+    master: std::fs::File,
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    /// Starts `command` on a new terminal of `rows`×`cols`.
+    pub fn spawn(mut command: Command, rows: u16, cols: u16) -> Pty {
+        use std::os::unix::process::CommandExt;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        command
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: between fork and exec the closure calls only setsid and
+        // ioctl, both async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        Pty {
+            master,
+            child,
+            output,
+        }
+    }
+
+    /// Types `text` on the terminal.
+    pub fn write(&mut self, text: &str) {
+        use std::io::Write;
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Resizes the terminal (its foreground process gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+        unsafe {
+            nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &size);
+        }
+    }
+
+    /// Everything shown on the terminal so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the terminal shows `text`; panics after `timeout`.
+    pub fn expect(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the terminal never showed {text:?}; it shows:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the command to end; its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the command did not end; it shows:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

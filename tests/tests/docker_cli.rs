@@ -110,13 +110,19 @@ fn detached_container_logs_follow_and_ps_shows_status() {
     assert!(ps.starts_with("ticker Up "), "{ps}");
     assert_eq!(d.ok(&["logs", "--tail", "1", "ticker"]), "line3\n");
     let stamped = d.ok(&["logs", "-t", "ticker"]);
-    assert!(stamped.lines().all(|l| l.len() > 31 && &l[4..5] == "-"), "{stamped}");
+    assert!(
+        stamped.lines().all(|l| l.len() > 31 && &l[4..5] == "-"),
+        "{stamped}"
+    );
 
     d.ok(&["kill", "-s", "KILL", "ticker"]);
     let ps = d.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.starts_with("ticker Exited (137) "), "{ps}");
     assert_eq!(d.ok(&["ps", "-q"]), "");
-    assert_eq!(d.ok(&["ps", "-aq", "--filter", "status=exited"]).trim(), &id.trim()[..12]);
+    assert_eq!(
+        d.ok(&["ps", "-aq", "--filter", "status=exited"]).trim(),
+        &id.trim()[..12]
+    );
     assert_eq!(d.ok(&["wait", "ticker"]), "137\n");
 }
 
@@ -140,7 +146,12 @@ fn stop_waits_the_timeout_then_kills() {
     let took = start.elapsed();
     assert!(took >= Duration::from_secs(2), "stop took {took:?}");
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
-    let code = d.ok(&["inspect", "-f", "{{.State.ExitCode}} {{.State.Running}}", "stubborn"]);
+    let code = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.ExitCode}} {{.State.Running}}",
+        "stubborn",
+    ]);
     assert_eq!(code, "137 false\n");
 
     // A process that honours SIGTERM goes at once (a plain `sleep` would
@@ -163,11 +174,19 @@ fn stop_waits_the_timeout_then_kills() {
     d.ok(&["run", "-d", "--name", "doomed", &image, "sleep", "60"]);
     let out = d.run(&["rm", "doomed"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("stop the container before removing"), "{}", text(&out));
+    assert!(
+        text(&out).contains("stop the container before removing"),
+        "{}",
+        text(&out)
+    );
     d.ok(&["rm", "-f", "doomed"]);
     let out = d.run(&["inspect", "doomed"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("No such object: doomed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("No such object: doomed"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -190,7 +209,12 @@ fn create_start_attach_restart_rename_and_prune() {
     d.ok(&["run", "-d", "--name", "runner", &image, "sleep", "60"]);
     let before = d.ok(&["inspect", "-f", "{{.State.Pid}}", "runner"]);
     d.ok(&["restart", "-t", "1", "runner"]);
-    let after = d.ok(&["inspect", "-f", "{{.State.Pid}} {{.State.Running}}", "runner"]);
+    let after = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Pid}} {{.State.Running}}",
+        "runner",
+    ]);
     assert_ne!(before.trim(), after.split(' ').next().unwrap());
     assert!(after.ends_with("true\n"), "{after}\n{}", d.log_tail());
 
@@ -218,7 +242,12 @@ fn restart_policies_and_auto_remove() {
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = d.ok(&["inspect", "-f", "{{.RestartCount}} {{.State.Status}}", "flaky"]);
+        let s = d.ok(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Status}}",
+            "flaky",
+        ]);
         if s == "2 exited\n" {
             break;
         }
@@ -244,14 +273,36 @@ fn volumes_bind_mounts_and_named_volumes() {
     std::fs::write(dir.path().join("in.txt"), "from host\n").unwrap();
     let bind = format!("{}:/data", dir.path().display());
     let out = d.ok(&[
-        "run", "--rm", "-v", &bind, &image, "sh", "-c", "cat /data/in.txt; echo back > /data/out.txt",
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        &image,
+        "sh",
+        "-c",
+        "cat /data/in.txt; echo back > /data/out.txt",
     ]);
     assert_eq!(out, "from host\n");
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "back\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "back\n"
+    );
 
     assert_eq!(d.ok(&["volume", "create", "store"]), "store\n");
-    d.ok(&["run", "--rm", "-v", "store:/s", &image, "sh", "-c", "echo kept > /s/f"]);
-    assert_eq!(d.ok(&["run", "--rm", "-v", "store:/s", &image, "cat", "/s/f"]), "kept\n");
+    d.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "store:/s",
+        &image,
+        "sh",
+        "-c",
+        "echo kept > /s/f",
+    ]);
+    assert_eq!(
+        d.ok(&["run", "--rm", "-v", "store:/s", &image, "cat", "/s/f"]),
+        "kept\n"
+    );
     let ls = d.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
     assert_eq!(ls, "local store\n");
     let mp = d.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "store"]);
@@ -263,7 +314,10 @@ fn volumes_bind_mounts_and_named_volumes() {
     d.ok(&["volume", "rm", "store"]);
     assert_eq!(d.ok(&["volume", "ls", "-q"]), "");
     let df = d.ok(&["system", "df"]);
-    assert!(df.contains("Images") && df.contains("Local Volumes"), "{df}");
+    assert!(
+        df.contains("Images") && df.contains("Local Volumes"),
+        "{df}"
+    );
 }
 
 #[test]
@@ -272,7 +326,16 @@ fn agent_restart_keeps_containers() {
     let mut d = Engine::start();
     let image = d.busybox();
     d.ok(&["run", "--name", "done", &image, "echo", "kept"]);
-    d.ok(&["run", "-d", "--name", "alive", &image, "sh", "-c", "sleep 2; echo late; sleep 60"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alive",
+        &image,
+        "sh",
+        "-c",
+        "sleep 2; echo late; sleep 60",
+    ]);
     d.restart_agent();
     assert_eq!(d.ok(&["logs", "done"]), "kept\n");
     let ps = d.ok(&["ps", "--format", "{{.Names}}"]);
@@ -291,7 +354,11 @@ fn agent_restart_keeps_containers() {
 fn version_info_events_and_bad_input() {
     require_root();
     let d = Engine::start();
-    let v = d.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"]);
+    let v = d.ok(&[
+        "version",
+        "--format",
+        "{{.Server.APIVersion}} {{.Server.Os}}",
+    ]);
     assert_eq!(v, "1.47 linux\n");
     let info = d.ok(&["info", "--format", "{{.OperatingSystem}} {{.Containers}}"]);
     assert!(info.ends_with(" 0\n"), "{info}");
@@ -301,10 +368,20 @@ fn version_info_events_and_bad_input() {
     assert_eq!(out.status.code(), Some(125));
     let out = d.run(&["run", "--rm", "--name", "bad/name", &d.busybox(), "true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out).contains("Invalid container name"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Invalid container name"),
+        "{}",
+        text(&out)
+    );
     // events sees a run.
     let mut events = d
-        .command(&["events", "--format", "{{.Type}} {{.Action}}", "--filter", "type=container"])
+        .command(&[
+            "events",
+            "--format",
+            "{{.Type}} {{.Action}}",
+            "--filter",
+            "type=container",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

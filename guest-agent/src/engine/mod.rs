@@ -20,6 +20,7 @@
 //! records.
 
 pub mod config;
+pub mod exec;
 pub mod frame;
 pub mod logs;
 pub mod names;
@@ -239,6 +240,7 @@ pub struct Engine {
     /// Named volumes.
     pub volumes: volumes::Volumes,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
+    execs: exec::Execs,
     events: broadcast::Sender<Event>,
     /// When the engine started, for `info`.
     pub started: SystemTime,
@@ -291,6 +293,7 @@ impl Engine {
             client,
             volumes: volumes::Volumes::new(root.join("volumes")),
             containers: Mutex::new(BTreeMap::new()),
+            execs: exec::Execs::default(),
             events: broadcast::channel(256).0,
             started: SystemTime::now(),
         });
@@ -1277,7 +1280,8 @@ async fn connect_unix(path: &Path) -> Result<tokio::net::UnixStream, EngineError
 /// cannot be run, 128 for anything else.
 fn start_failure_code(message: &str) -> i32 {
     let message = message.to_ascii_lowercase();
-    if message.contains("executable file not found") || message.contains("no such file or directory")
+    if message.contains("executable file not found")
+        || message.contains("no such file or directory")
     {
         127
     } else if message.contains("permission denied") || message.contains("is a directory") {

@@ -360,15 +360,7 @@ pub(super) fn attach(
     let want = [query.flag("stdout"), query.flag("stderr")];
     let logs_first = query.flag("logs");
     let stream = query.flag("stream");
-    let upgrade = req
-        .headers()
-        .get(hyper::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tcp"));
-    let content_type = if tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
+    let upgrade = super::wants_upgrade(req.headers());
     // Subscribe now, before the response: output after this is not missed.
     let output = c.subscribe();
     let mut watch = c.watch();
@@ -453,18 +445,7 @@ pub(super) fn attach(
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
     });
-    let mut response = Response::builder().header("Content-Type", content_type);
-    if upgrade {
-        response = response
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("Connection", "Upgrade")
-            .header("Upgrade", "tcp");
-    } else {
-        response = response.status(StatusCode::OK);
-    }
-    Ok(response
-        .body(super::full(Bytes::new()))
-        .expect("valid response"))
+    Ok(super::hijacked(upgrade, tty))
 }
 
 pub(super) fn resize(

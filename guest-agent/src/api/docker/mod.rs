@@ -6,6 +6,7 @@
 //! Each handler translates onto [`crate::engine::Engine`] and owns no state.
 
 mod containers;
+mod exec;
 mod images;
 mod system;
 
@@ -120,6 +121,33 @@ fn empty(status: StatusCode) -> Response<Body> {
         .status(status)
         .body(full(Bytes::new()))
         .expect("valid response")
+}
+
+/// Whether the client asked to take the connection over (`Upgrade: tcp`).
+fn wants_upgrade(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tcp"))
+}
+
+/// The answer to an attach or exec start: the connection is the stream
+/// from here on, raw with a terminal, stdcopy-framed without.
+fn hijacked(upgrade: bool, tty: bool) -> Response<Body> {
+    let content_type = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    let mut response = Response::builder().header("Content-Type", content_type);
+    response = if upgrade {
+        response
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "tcp")
+    } else {
+        response.status(StatusCode::OK)
+    };
+    response.body(full(Bytes::new())).expect("valid response")
 }
 
 fn error_response(e: ApiError) -> Response<Body> {
@@ -372,6 +400,10 @@ async fn dispatch(
         (&M::POST, ["containers", id, "wait"]) => containers::wait(engine, id, &req),
         (&M::POST, ["containers", id, "attach"]) => containers::attach(engine, id, req),
         (&M::POST, ["containers", id, "resize"]) => containers::resize(engine, id, &req),
+        (&M::POST, ["containers", id, "exec"]) => exec::create(engine, id, req).await,
+        (&M::POST, ["exec", id, "start"]) => exec::start(engine, id, req).await,
+        (&M::POST, ["exec", id, "resize"]) => exec::resize(engine, id, &req),
+        (&M::GET, ["exec", id, "json"]) => exec::inspect(engine, id),
         (&M::POST, ["containers", id, "rename"]) => containers::rename(engine, id, &req),
         (&M::GET, ["containers", id, "logs"]) => containers::logs(engine, id, &req),
         (&M::DELETE, ["containers", id]) => containers::remove(engine, id, &req).await,
