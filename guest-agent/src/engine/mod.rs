@@ -19,11 +19,13 @@
 //! the shims still there and takes the exit of the others from their
 //! records.
 
+pub mod archive;
 pub mod config;
 pub mod exec;
 pub mod frame;
 pub mod logs;
 pub mod names;
+pub mod procs;
 pub mod shim;
 pub mod spec;
 pub mod volumes;
@@ -157,7 +159,7 @@ pub struct Container {
     output: broadcast::Sender<Output>,
     shim: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     /// Serialises start/stop/remove of this container.
-    lifecycle: tokio::sync::Mutex<()>,
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Container {
@@ -536,7 +538,7 @@ impl Engine {
             watch: watch::channel(watched).0,
             output: broadcast::channel(OUTPUT_BUFFER).0,
             shim: Mutex::new(None),
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -975,6 +977,13 @@ impl Engine {
                 container.id
             )));
         }
+        if record.state.status == Status::Paused {
+            // A frozen process takes its signal once thawed.
+            if let Ok(cgroup) = self.cgroup(&container) {
+                cgroup.freeze(false)?;
+                container.update(|r| r.state.status = Status::Running);
+            }
+        }
         self.emit_container("kill", &record, &[("signal", (signal as i32).to_string())]);
         Ok(())
     }
@@ -1006,6 +1015,10 @@ impl Engine {
         let mut watch = container.watch();
         let exits = watch.borrow().exits;
         container.to_shim(Kind::Signal, &(signal as i32).to_be_bytes());
+        if record.state.status == Status::Paused {
+            // A frozen process takes its signal once thawed.
+            self.thaw(&container).await?;
+        }
         let exited = |w: &Watched| w.exits > exits || !w.status.is_running();
         let done = if timeout >= 0 {
             tokio::time::timeout(Duration::from_secs(timeout as u64), watch.wait_for(exited))

@@ -271,13 +271,13 @@ impl Puller {
 }
 
 /// The bytes of a download as a blocking reader, for the unpacker.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     current: bytes::Bytes,
 }
 
 impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
         ChannelReader {
             rx,
             current: bytes::Bytes::new(),

@@ -5,9 +5,11 @@
 //!
 //! Each handler translates onto [`crate::engine::Engine`] and owns no state.
 
+mod archive;
 mod containers;
 mod exec;
 mod images;
+mod procs;
 mod system;
 
 use std::convert::Infallible;
@@ -400,6 +402,13 @@ async fn dispatch(
         (&M::POST, ["containers", id, "wait"]) => containers::wait(engine, id, &req),
         (&M::POST, ["containers", id, "attach"]) => containers::attach(engine, id, req),
         (&M::POST, ["containers", id, "resize"]) => containers::resize(engine, id, &req),
+        (&M::HEAD, ["containers", id, "archive"]) => archive::stat(engine, id, &req).await,
+        (&M::GET, ["containers", id, "archive"]) => archive::get(engine, id, &req).await,
+        (&M::PUT, ["containers", id, "archive"]) => archive::put(engine, id, req).await,
+        (&M::POST, ["containers", id, "pause"]) => procs::pause(engine, id).await,
+        (&M::POST, ["containers", id, "unpause"]) => procs::unpause(engine, id).await,
+        (&M::GET, ["containers", id, "top"]) => procs::top(engine, id, &req),
+        (&M::GET, ["containers", id, "stats"]) => procs::stats(engine, id, &req),
         (&M::POST, ["containers", id, "exec"]) => exec::create(engine, id, req).await,
         (&M::POST, ["exec", id, "start"]) => exec::start(engine, id, req).await,
         (&M::POST, ["exec", id, "resize"]) => exec::resize(engine, id, &req),

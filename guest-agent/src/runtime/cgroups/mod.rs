@@ -167,3 +167,127 @@ fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
 pub fn default_path(id: &str) -> PathBuf {
     PathBuf::from("/berth").join(id)
 }
+
+/// A cgroup's usage, as `docker stats` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, nanoseconds.
+    pub cpu_ns: u64,
+    /// CPU time per CPU, nanoseconds (v1 only).
+    pub per_cpu_ns: Vec<u64>,
+    /// Memory in use, bytes.
+    pub memory: u64,
+    /// The memory limit, bytes; `None` for no limit.
+    pub memory_limit: Option<u64>,
+    /// Page cache that can be reclaimed (`inactive_file`), bytes.
+    pub inactive_file: u64,
+    /// Processes and threads.
+    pub pids: u64,
+    /// The pids limit; `None` for no limit.
+    pub pids_limit: Option<u64>,
+}
+
+/// Reads a control file holding one number ("max" is `None`).
+fn read_number(path: &Path) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.trim().parse().ok()
+}
+
+/// A `key value` line's value from a flat-keyed file like memory.stat.
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+impl Cgroup {
+    /// Freezes (or thaws) every process in the cgroup and waits until the
+    /// kernel says it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
+        let (dir, file, value, done): (&Path, &str, &str, Box<dyn Fn(&Path) -> bool>) = match self {
+            Cgroup::V2(c) => (
+                c.dir(),
+                "cgroup.freeze",
+                if frozen { "1" } else { "0" },
+                Box::new(move |d: &Path| {
+                    let want = if frozen { "frozen 1" } else { "frozen 0" };
+                    fs::read_to_string(d.join("cgroup.events"))
+                        .is_ok_and(|t| t.lines().any(|l| l == want))
+                }),
+            ),
+            Cgroup::V1(c) => (
+                c.controller_dir("freezer")
+                    .ok_or_else(|| RuntimeError::Io {
+                        action: "freeze the container".into(),
+                        source: std::io::Error::other(
+                            "the freezer cgroup controller is not mounted",
+                        ),
+                    })?,
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
+                Box::new(move |d: &Path| {
+                    let want = if frozen { "FROZEN" } else { "THAWED" };
+                    fs::read_to_string(d.join("freezer.state")).is_ok_and(|t| t.trim() == want)
+                }),
+            ),
+        };
+        write(dir, file, value)?;
+        for _ in 0..500 {
+            if done(dir) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Err(RuntimeError::Io {
+            action: format!("{} the container", if frozen { "freeze" } else { "thaw" }),
+            source: std::io::Error::other("the cgroup did not settle within a second"),
+        })
+    }
+
+    /// What the cgroup uses now.
+    pub fn usage(&self) -> Usage {
+        match self {
+            Cgroup::V2(c) => {
+                let d = c.dir();
+                Usage {
+                    cpu_ns: read_key(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
+                    per_cpu_ns: Vec::new(),
+                    memory: read_number(&d.join("memory.current")).unwrap_or(0),
+                    memory_limit: read_number(&d.join("memory.max")),
+                    inactive_file: read_key(&d.join("memory.stat"), "inactive_file").unwrap_or(0),
+                    pids: read_number(&d.join("pids.current")).unwrap_or(0),
+                    pids_limit: read_number(&d.join("pids.max")),
+                }
+            }
+            Cgroup::V1(c) => {
+                let file = |controller: &str, name: &str| {
+                    c.controller_dir(controller).map(|d| d.join(name))
+                };
+                let number = |controller: &str, name: &str| {
+                    file(controller, name).and_then(|p| read_number(&p))
+                };
+                // v1 reports "no limit" as a huge page-aligned number.
+                let limit = number("memory", "memory.limit_in_bytes").filter(|l| *l < 1 << 62);
+                Usage {
+                    cpu_ns: number("cpuacct", "cpuacct.usage").unwrap_or(0),
+                    per_cpu_ns: file("cpuacct", "cpuacct.usage_percpu")
+                        .and_then(|p| fs::read_to_string(p).ok())
+                        .map(|t| {
+                            t.split_whitespace()
+                                .filter_map(|v| v.parse().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    memory: number("memory", "memory.usage_in_bytes").unwrap_or(0),
+                    memory_limit: limit,
+                    inactive_file: file("memory", "memory.stat")
+                        .and_then(|p| read_key(&p, "total_inactive_file"))
+                        .unwrap_or(0),
+                    pids: number("pids", "pids.current").unwrap_or(0),
+                    pids_limit: number("pids", "pids.max"),
+                }
+            }
+        }
+    }
+}

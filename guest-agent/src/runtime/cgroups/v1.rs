@@ -42,6 +42,11 @@ impl CgroupV1 {
             .map(|(_, d)| d.as_path())
     }
 
+    /// The directory of `controller`, if it is mounted.
+    pub(super) fn controller_dir(&self, controller: &str) -> Option<&Path> {
+        self.dir(controller)
+    }
+
     pub(super) fn any_dir(&self) -> &Path {
         // `new` refuses to build one without any controller.
         self.dirs

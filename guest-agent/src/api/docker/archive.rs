@@ -1,0 +1,105 @@
+//! `/containers/{id}/archive`: `docker cp`, both ways.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::{channel_body, ApiError, Body, Query, Result};
+use crate::engine::archive::PathStat;
+use crate::engine::Engine;
+use crate::image::pull::ChannelReader;
+
+const STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
+
+fn path_of(req: &Request<Incoming>) -> Result<String> {
+    Query::parse(req)
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("path is required"))
+}
+
+fn stat_header(stat: &PathStat) -> String {
+    let json = serde_json::to_vec(stat).unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.encode(json)
+}
+
+pub(super) async fn stat(
+    engine: &Arc<Engine>,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>> {
+    let stat = engine.archive_stat(id, &path_of(req)?).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(STAT_HEADER, stat_header(&stat))
+        .body(super::full(Bytes::new()))
+        .expect("valid response"))
+}
+
+/// Sends what is written to it down a channel, for a streamed body.
+struct ChannelWriter(mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(super) async fn get(
+    engine: &Arc<Engine>,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>> {
+    let (tx, rx) = mpsc::channel(8);
+    let writer = std::io::BufWriter::with_capacity(256 << 10, ChannelWriter(tx));
+    let (stat, task) = engine.archive_get(id, &path_of(req)?, writer).await?;
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            tracing::debug!("docker cp from the container: {e}");
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/x-tar")
+        .header(STAT_HEADER, stat_header(&stat))
+        .body(channel_body(rx))
+        .expect("valid response"))
+}
+
+pub(super) async fn put(
+    engine: &Arc<Engine>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let path = path_of(&req)?;
+    let (tx, rx) = mpsc::channel(16);
+    let mut body = BodyStream::new(req.into_body());
+    let feed = tokio::spawn(async move {
+        while let Some(frame) = body.next().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                if tx.send(data).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let result = engine.archive_put(id, &path, ChannelReader::new(rx)).await;
+    feed.abort();
+    result?;
+    Ok(super::empty(StatusCode::OK))
+}
