@@ -68,10 +68,14 @@ impl Pusher {
         };
         let mounts = self.mount_sources(reference)?;
         let blobs = manifest.layers.iter().chain([&manifest.config]);
-        let jobs = blobs.map(|blob| {
-            let from = mounts.get(&blob.digest).map(String::as_str);
-            self.push_blob(reference, blob, from, &report)
-        });
+        // Collected first: a lazy iterator's closure held across the
+        // awaits would make this future not Send for every lifetime.
+        let jobs: Vec<_> = blobs
+            .map(|blob| {
+                let from = mounts.get(&blob.digest).map(String::as_str);
+                self.push_blob(reference, blob, from, &report)
+            })
+            .collect();
         let mut results = futures_util::stream::iter(jobs).buffer_unordered(CONCURRENT_BLOBS);
         while let Some(result) = results.next().await {
             result?;

@@ -61,6 +61,9 @@ enum Scheme {
 pub struct Client {
     http: reqwest::Client,
     config: RegistryConfig,
+    /// Credentials by host: the configured ones, then what clients log in
+    /// with.
+    credentials: Mutex<HashMap<String, Credentials>>,
     schemes: Mutex<HashMap<String, Scheme>>,
     tokens: Mutex<HashMap<(String, String), String>>,
     bases: Mutex<HashMap<String, String>>,
@@ -164,6 +167,7 @@ impl Client {
         })?;
         Ok(Client {
             http,
+            credentials: Mutex::new(config.credentials.clone()),
             config,
             schemes: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -205,12 +209,39 @@ impl Client {
         }
     }
 
+    /// The credentials for `host`, if any.
+    fn credentials(&self, host: &str) -> Option<Credentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    /// Uses `credentials` for `host` from now on (as `docker login` gives
+    /// them with each request). Tokens got with other credentials are
+    /// forgotten.
+    pub fn login(&self, host: &str, credentials: Credentials) {
+        let mut all = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        if all.get(host) == Some(&credentials) {
+            return;
+        }
+        all.insert(host.to_owned(), credentials);
+        drop(all);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.retain(|(h, _), _| h != host);
+        }
+        if let Ok(mut schemes) = self.schemes.lock() {
+            schemes.remove(host);
+        }
+    }
+
     /// What to send for `host` and `scope` from what is cached.
     fn cached_auth(&self, host: &str, scope: &str) -> Option<HeaderValue> {
         let scheme = self.schemes.lock().ok()?.get(host).cloned()?;
         match scheme {
             Scheme::Basic => {
-                let c = self.config.credentials.get(host)?;
+                let c = self.credentials(host)?;
                 let raw = format!("{}:{}", c.username, c.password);
                 HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()
             }
@@ -236,7 +267,7 @@ impl Client {
     ) -> Result<(), ImageError> {
         let (scheme, params) = parse_challenge(challenge)
             .ok_or_else(|| Self::err(host, format!("unreadable challenge {challenge:?}")))?;
-        let creds = self.config.credentials.get(host);
+        let creds = self.credentials(host);
         match scheme.as_str() {
             "basic" => {
                 if creds.is_none() {
@@ -262,7 +293,7 @@ impl Client {
                     query.push(("service", s));
                 }
                 request = request.query(&query);
-                if let Some(c) = creds {
+                if let Some(c) = &creds {
                     request = request.basic_auth(&c.username, Some(&c.password));
                 }
                 let response = request.send().await.map_err(|e| {
@@ -350,7 +381,7 @@ impl Client {
                 _ => {
                     return Err(ImageError::Unauthorized {
                         registry: host.to_owned(),
-                        message: if self.config.credentials.contains_key(host) {
+                        message: if self.credentials(host).is_some() {
                             "the credentials were refused".into()
                         } else {
                             "authentication required".into()

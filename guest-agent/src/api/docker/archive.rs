@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{channel_body, ApiError, Body, Query, Result};
+use super::{channel_body, ApiError, Body, ChannelWriter, Query, Result};
 use crate::engine::archive::PathStat;
 use crate::engine::Engine;
 use crate::image::pull::ChannelReader;
@@ -41,22 +41,6 @@ pub(super) async fn stat(
         .header(STAT_HEADER, stat_header(&stat))
         .body(super::full(Bytes::new()))
         .expect("valid response"))
-}
-
-/// Sends what is written to it down a channel, for a streamed body.
-struct ChannelWriter(mpsc::Sender<Bytes>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Bytes::copy_from_slice(buf))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 pub(super) async fn get(

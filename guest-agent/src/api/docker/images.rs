@@ -39,19 +39,12 @@ fn bar(done: u64, total: u64) -> String {
             format!("{b}B")
         }
     };
-    let arrow = if filled < width { ">" } else { "" };
-    format!(
-        "[{}{}{}] {}/{}",
-        "=".repeat(
-            filled
-                .saturating_sub(1)
-                .max(if filled > 0 { filled - 1 } else { 0 })
-        ),
-        if filled > 0 { arrow } else { "" },
-        " ".repeat(width - filled),
-        size(done),
-        size(total)
-    )
+    let drawn = match filled {
+        0 => " ".repeat(width),
+        f if f >= width => "=".repeat(width),
+        f => format!("{}>{}", "=".repeat(f - 1), " ".repeat(width - f)),
+    };
+    format!("[{drawn}] {}/{}", size(done), size(total))
 }
 
 fn line(value: Value) -> Bytes {
@@ -77,6 +70,7 @@ pub(super) fn pull(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Resp
         format!("{from}:{tag}")
     };
     let reference: Reference = text.parse().map_err(ApiError::from)?;
+    use_registry_auth(engine, req, reference.registry())?;
     let engine = engine.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
@@ -265,33 +259,64 @@ pub(super) fn summaries(engine: &Engine) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn matches_reference(pattern: &str, tags: &[String]) -> bool {
-    let glob = |p: &str, s: &str| -> bool {
-        // '*' matches within a path component, as Docker's filter does.
-        fn go(p: &[u8], s: &[u8]) -> bool {
-            match (p.first(), s.first()) {
-                (None, None) => true,
-                (Some(b'*'), _) => {
-                    go(&p[1..], s) || (!s.is_empty() && s[0] != b'/' && go(p, &s[1..]))
-                }
-                (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-                _ => false,
+/// Whether `tag` (`repo:tag`, familiar) matches a reference filter: the
+/// whole of it or its repository, `*` within one path component.
+fn matches_reference(pattern: &str, tag: &str) -> bool {
+    fn glob(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                glob(&p[1..], s) || (!s.is_empty() && s[0] != b'/' && glob(p, &s[1..]))
             }
+            (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+            _ => false,
         }
-        go(p.as_bytes(), s.as_bytes())
-    };
-    tags.iter().any(|t| {
-        let repo = t.rsplit_once(':').map_or(t.as_str(), |(r, _)| r);
-        glob(pattern, t) || glob(pattern, repo)
-    })
+    }
+    let repo = tag.rsplit_once(':').map_or(tag, |(r, _)| r);
+    glob(pattern.as_bytes(), tag.as_bytes()) || glob(pattern.as_bytes(), repo.as_bytes())
 }
 
 pub(super) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
     let filters = Query::parse(req).filters()?;
-    let rows: Vec<Value> = summaries(engine)?
-        .into_iter()
-        .filter(|row| {
-            let tags: Vec<String> = row["RepoTags"]
+    // Values of one filter are alternatives; different filters all apply.
+    let values = |key: &str| -> Vec<&str> {
+        filters
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let (references, dangling, labels) = (values("reference"), values("dangling"), values("label"));
+    let mut rows = Vec::new();
+    for mut row in summaries(engine)? {
+        let tags: Vec<String> = row["RepoTags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !dangling.is_empty() && !dangling.iter().any(|v| (*v == "true") == tags.is_empty()) {
+            continue;
+        }
+        let labelled = |v: &&str| match v.split_once('=') {
+            Some((k, value)) => row["Labels"][k].as_str() == Some(value),
+            None => !row["Labels"][*v].is_null(),
+        };
+        if !labels.iter().all(labelled) {
+            continue;
+        }
+        if !references.is_empty() {
+            // Only the names that match are listed, as dockerd does.
+            let kept: Vec<&String> = tags
+                .iter()
+                .filter(|t| references.iter().any(|p| matches_reference(p, t)))
+                .collect();
+            if kept.is_empty() {
+                continue;
+            }
+            let digests: Vec<String> = row["RepoDigests"]
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -299,20 +324,18 @@ pub(super) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Resp
                         .collect()
                 })
                 .unwrap_or_default();
-            filters.iter().all(|(k, v)| match k.as_str() {
-                "reference" => matches_reference(v, &tags),
-                "dangling" => (v == "true") == tags.is_empty(),
-                "label" => {
-                    let labels = &row["Labels"];
-                    match v.split_once('=') {
-                        Some((lk, lv)) => labels[lk].as_str() == Some(lv),
-                        None => !labels[v.as_str()].is_null(),
-                    }
-                }
-                _ => true,
-            })
-        })
-        .collect();
+            let kept_digests: Vec<&String> = digests
+                .iter()
+                .filter(|d| {
+                    let repo = d.split_once('@').map_or(d.as_str(), |(r, _)| r);
+                    references.iter().any(|p| matches_reference(p, repo))
+                })
+                .collect();
+            row["RepoTags"] = json!(kept);
+            row["RepoDigests"] = json!(kept_digests);
+        }
+        rows.push(row);
+    }
     Ok(json(StatusCode::OK, &rows))
 }
 
@@ -489,4 +512,243 @@ pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Res
         StatusCode::OK,
         &json!({"ImagesDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": reclaimed}),
     ))
+}
+
+/// The `X-Registry-Auth` header's credentials, as `docker login` stored
+/// them, handed to the registry client for `host`.
+pub(super) fn use_registry_auth(
+    engine: &Engine,
+    req: &Request<Incoming>,
+    host: &str,
+) -> Result<()> {
+    use base64::Engine as _;
+    let Some(value) = req.headers().get("X-Registry-Auth") else {
+        return Ok(());
+    };
+    let text = value.as_bytes();
+    if text.is_empty() {
+        return Ok(());
+    }
+    let trimmed: Vec<u8> = text.iter().copied().filter(|b| *b != b'=').collect();
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&trimmed))
+        .map_err(|_| ApiError::bad_request("invalid X-Registry-Auth header: not base64"))?;
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Auth {
+        username: String,
+        password: String,
+        auth: String,
+        identitytoken: String,
+    }
+    let auth: Auth = serde_json::from_slice(&decoded)
+        .map_err(|e| ApiError::bad_request(format!("invalid X-Registry-Auth header: {e}")))?;
+    let (mut username, mut password) = (auth.username, auth.password);
+    if username.is_empty() && !auth.auth.is_empty() {
+        // "auth" is base64 of user:password, as in config.json.
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(auth.auth.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        if let Some((u, p)) = pair.split_once(':') {
+            (username, password) = (u.to_owned(), p.to_owned());
+        }
+    }
+    if !auth.identitytoken.is_empty() {
+        // An OAuth refresh token stands in for the password.
+        password = auth.identitytoken;
+    }
+    if !username.is_empty() || !password.is_empty() {
+        engine.client.login(
+            host,
+            crate::image::registry::Credentials { username, password },
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn push(
+    engine: &Arc<Engine>,
+    name: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>> {
+    let query = Query::parse(req);
+    let text = match query.get("tag").filter(|t| !t.is_empty()) {
+        Some(tag) => format!("{name}:{tag}"),
+        None => name.to_owned(),
+    };
+    let reference: Reference = text.parse().map_err(ApiError::from)?;
+    if engine.store.lookup(&reference.to_string()).is_err() {
+        return Err(ApiError::not_found(format!(
+            "An image does not exist locally with the tag: {}",
+            reference.familiar_name()
+        )));
+    }
+    use_registry_auth(engine, req, reference.registry())?;
+    let engine = engine.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(line(json!({
+                "status": format!("The push refers to repository [{}]", reference.familiar_name()),
+            })))
+            .await;
+        let (ptx, mut prx) = mpsc::unbounded_channel::<Progress>();
+        let pushing = {
+            let pusher =
+                crate::image::push::Pusher::new(engine.store.clone(), engine.client.clone());
+            let reference = reference.clone();
+            tokio::spawn(async move { pusher.push(&reference, Some(ptx)).await })
+        };
+        let mut seen = HashSet::new();
+        while let Some(p) = prx.recv().await {
+            let Progress::Layer { digest, status } = p else {
+                continue;
+            };
+            let id = short(&digest);
+            if seen.insert(digest.clone()) {
+                let _ = tx
+                    .send(line(
+                        json!({"status": "Preparing", "progressDetail": {}, "id": id}),
+                    ))
+                    .await;
+            }
+            let out = match status {
+                LayerStatus::AlreadyExists => {
+                    json!({"status": "Layer already exists", "progressDetail": {}, "id": id})
+                }
+                LayerStatus::Uploading { done, total } => json!({
+                    "status": "Pushing",
+                    "progressDetail": {"current": done, "total": total},
+                    "progress": bar(done, total),
+                    "id": id,
+                }),
+                LayerStatus::Mounted { from } => json!({
+                    "status": format!("Mounted from {from}"),
+                    "progressDetail": {},
+                    "id": id,
+                }),
+                LayerStatus::Pushed => json!({"status": "Pushed", "progressDetail": {}, "id": id}),
+                _ => continue,
+            };
+            let _ = tx.send(line(out)).await;
+        }
+        let error = match pushing.await {
+            Ok(Ok(digest)) => {
+                let tag = reference.tag().unwrap_or("latest").to_owned();
+                let _ = tx
+                    .send(line(json!({"status": format!("{tag}: digest: {digest}")})))
+                    .await;
+                let _ = tx
+                    .send(line(json!({
+                        "progressDetail": {},
+                        "aux": {"Tag": tag, "Digest": digest.to_string()},
+                    })))
+                    .await;
+                engine.emit_simple("image", "push", &reference.to_string(), None);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the push failed: {e}"),
+        };
+        let _ = tx
+            .send(line(
+                json!({"errorDetail": {"message": error}, "error": error}),
+            ))
+            .await;
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(channel_body(rx))
+        .expect("valid response"))
+}
+
+pub(super) fn save(engine: &Arc<Engine>, names: &[&str]) -> Result<Response<Body>> {
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no image names given"));
+    }
+    let mut references = Vec::new();
+    for name in names {
+        // A short name or id the store knows is saved under its full name.
+        let (key, _) = engine.image(name)?;
+        let reference: Reference = key
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{name}: save an image by its name")))?;
+        references.push(reference);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let store = engine.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(256 << 10, super::ChannelWriter(tx));
+        if let Err(e) = crate::image::archive::save(&store, &references, out) {
+            tracing::debug!("docker save: {e}");
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/x-tar")
+        .body(channel_body(rx))
+        .expect("valid response"))
+}
+
+pub(super) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    // The archive is read twice (index, then blobs): it is spooled first.
+    let spool_dir = engine.root().join("tmp");
+    std::fs::create_dir_all(&spool_dir)
+        .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
+    let spool = tempfile::NamedTempFile::new_in(&spool_dir)
+        .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
+    let mut file = spool.as_file();
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the archive: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).map_err(|e| {
+                ApiError::from(crate::engine::EngineError::Internal(format!(
+                    "spool the archive: {e}"
+                )))
+            })?;
+        }
+    }
+    let store = engine.store.clone();
+    let path = spool.path().to_owned();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let result = crate::image::archive::load(
+            &store,
+            &path,
+            &crate::image::manifest::Platform::host(),
+            None,
+        );
+        drop(spool);
+        result
+    })
+    .await
+    .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, record) in &loaded {
+        engine.emit_simple("image", "load", name, None);
+        let shown = if name.starts_with("sha256:") {
+            format!("Loaded image ID: {}\n", record.config)
+        } else {
+            let familiar = name
+                .parse::<Reference>()
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| name.clone());
+            format!("Loaded image: {familiar}\n")
+        };
+        // quiet only drops progress, which a spooled load has none of.
+        out.extend_from_slice(&line(json!({ "stream": shown })));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(super::full(out))
+        .expect("valid response"))
 }

@@ -98,6 +98,23 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// Sends what is written to it down a channel, for a streamed body
+/// written by blocking code.
+struct ChannelWriter(mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A body fed from a channel.
 fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -166,6 +183,15 @@ impl Query {
                 .into_owned()
                 .collect(),
         )
+    }
+
+    /// Every value given for `key`, in order.
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -377,12 +403,21 @@ async fn dispatch(
         (&M::GET, ["info"]) => system::info(engine),
         (&M::GET, ["events"]) => system::events(engine, &req),
         (&M::GET, ["system", "df"]) => system::df(engine),
+        (&M::POST, ["auth"]) => system::auth(engine, req).await,
 
         (&M::POST, ["images", "create"]) => images::pull(engine, &req),
         (&M::GET, ["images", "json"]) => images::list(engine, &req),
         (&M::POST, ["images", "prune"]) => images::prune(engine, &req),
         (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(engine, &name.join("/"))
+        }
+        (&M::GET, ["images", "get"]) => images::save(engine, &Query::parse(&req).all("names")),
+        (&M::POST, ["images", "load"]) => images::load(engine, req).await,
+        (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => {
+            images::save(engine, &[name.join("/").as_str()])
+        }
+        (&M::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
+            images::push(engine, &name.join("/"), &req)
         }
         (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
             images::tag(engine, &name.join("/"), &req)

@@ -342,3 +342,58 @@ pub(super) fn volume_remove(
     engine.emit_simple("volume", "destroy", name, None);
     Ok(empty(StatusCode::NO_CONTENT))
 }
+
+/// `POST /auth`: checks credentials against a registry, as `docker
+/// login` asks; on success the agent uses them for that registry.
+pub(super) async fn auth(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Login {
+        username: String,
+        password: String,
+        serveraddress: String,
+    }
+    let login: Login = read_json(req.into_body()).await?;
+    let address = login.serveraddress.trim();
+    let host = address
+        .strip_prefix("https://")
+        .or_else(|| address.strip_prefix("http://"))
+        .unwrap_or(address)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match host {
+        "" | "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        h => h,
+    };
+    engine.client.login(
+        host,
+        crate::image::registry::Credentials {
+            username: login.username,
+            password: login.password,
+        },
+    );
+    let base = engine.client.base(host).await;
+    let response = engine
+        .client
+        .send(host, "", |http| http.get(format!("{base}/")))
+        .await;
+    match response {
+        Ok(r) if r.status().is_success() => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
+        )),
+        Ok(r) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("login to {host} failed: {}", r.status()),
+        )),
+        Err(crate::image::ImageError::Unauthorized { .. }) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("Get \"{base}/\": unauthorized: incorrect username or password"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
