@@ -39,6 +39,8 @@ pub struct DockerApi {
     pub socket: PathBuf,
     /// Registries to reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Also on TCP, with mutual TLS.
+    pub tcp: Option<(std::net::SocketAddr, crate::api::docker::tls::TlsFiles)>,
 }
 
 /// Why the agent could not serve.
@@ -96,6 +98,9 @@ pub enum DaemonError {
     /// The engine's state could not be opened.
     #[error("cannot open the engine's state: {0}")]
     Engine(String),
+    /// The Docker API's TLS endpoint could not be set up.
+    #[error("cannot serve the Docker API over TLS: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -288,6 +293,23 @@ pub async fn serve(
             )
             .await
             .map_err(|e| DaemonError::Engine(e.to_string()))?;
+            if let Some((address, files)) = &docker.tcp {
+                let config =
+                    crate::api::docker::tls::server_config(files).map_err(DaemonError::Tls)?;
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|e| DaemonError::Tls(format!("listen on {address}: {e}")))?;
+                let mut stop = stop_rx.clone();
+                tokio::spawn(crate::api::docker::serve_tls(
+                    engine.clone(),
+                    listener,
+                    config,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ));
+                info!(%address, "Docker API on TCP with mutual TLS");
+            }
             let (docker_listener, guard) = bind_unix(&docker.socket)?;
             let mut stop = stop_rx.clone();
             tokio::spawn(crate::api::docker::serve(

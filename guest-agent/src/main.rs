@@ -40,6 +40,19 @@ enum Command {
         /// A registry (host:port) to reach over plain HTTP (repeatable).
         #[arg(long, value_name = "HOST")]
         insecure_registry: Vec<String>,
+        /// Also serve the Docker API on this TCP address, with mutual TLS
+        /// (needs --tls-ca, --tls-cert and --tls-key).
+        #[arg(long, value_name = "IP:PORT", requires_all = ["tls_ca", "tls_cert", "tls_key"], requires = "docker_socket")]
+        docker_tcp: Option<std::net::SocketAddr>,
+        /// The CA that signs the clients' certificates (PEM).
+        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+        tls_ca: Option<PathBuf>,
+        /// The server's certificate (PEM).
+        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+        tls_cert: Option<PathBuf>,
+        /// The server's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+        tls_key: Option<PathBuf>,
     },
     /// A container's shim (started by the engine; not for direct use).
     #[command(hide = true)]
@@ -118,12 +131,24 @@ fn main() -> ExitCode {
             listen,
             docker_socket,
             insecure_registry,
+            docker_tcp,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } => serve(
             root,
             listen,
             docker_socket.map(|socket| berth_agent::daemon::DockerApi {
                 socket,
                 insecure_registries: insecure_registry,
+                tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
+                    |(address, ((ca, cert), key))| {
+                        (
+                            address,
+                            berth_agent::api::docker::tls::TlsFiles { ca, cert, key },
+                        )
+                    },
+                ),
             }),
         ),
         Command::Shim(args) => {

@@ -58,26 +58,33 @@ pub struct Engine {
     pub root: tempfile::TempDir,
     /// The registry with `busybox:latest`.
     pub registry: Registry,
+    extra: Vec<String>,
 }
 
 impl Engine {
     /// Starts a registry with busybox in it, then the agent.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Engine::start`], the agent given `extra` arguments.
+    pub fn start_with(extra: &[String]) -> Self {
         let registry = Registry::start();
         Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
         let root = tempfile::Builder::new()
             .prefix("bd")
             .tempdir_in("/tmp")
             .unwrap();
-        let child = Self::spawn(root.path());
+        let child = Self::spawn(root.path(), extra);
         Engine {
             child,
             root,
             registry,
+            extra: extra.to_vec(),
         }
     }
 
-    fn spawn(root: &Path) -> Child {
+    fn spawn(root: &Path, extra: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -91,6 +98,7 @@ impl Engine {
             .arg(format!("unix:{}", root.join("agent.sock").display()))
             .arg("--docker-socket")
             .arg(root.join("docker.sock"))
+            .args(extra)
             .env("BERTH_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -114,7 +122,7 @@ impl Engine {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
-        self.child = Self::spawn(self.root.path());
+        self.child = Self::spawn(self.root.path(), &self.extra);
     }
 
     /// `unix://…/docker.sock`.

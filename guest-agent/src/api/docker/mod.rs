@@ -11,6 +11,7 @@ mod exec;
 mod images;
 mod procs;
 mod system;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -293,20 +294,61 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        tokio::spawn(serve_connection(engine.clone(), stream));
+    }
+}
+
+/// How long a TCP client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the Docker API on `listener` over mutual TLS until `shutdown`.
+pub async fn serve_tls(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("docker API accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let acceptor = acceptor.clone();
         let engine = engine.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let engine = engine.clone();
-                async move { Ok::<_, Infallible>(route(engine, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
-                debug!("docker API connection: {e}");
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(engine, tls).await,
+                Ok(Err(e)) => debug!(%peer, "docker API TLS handshake refused: {e}"),
+                Err(_) => debug!(%peer, "docker API TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades, for attach and exec) on one connection.
+async fn serve_connection<S>(engine: Arc<Engine>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let engine = engine.clone();
+        async move { Ok::<_, Infallible>(route(engine, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+    {
+        debug!("docker API connection: {e}");
     }
 }
 
