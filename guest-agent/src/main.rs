@@ -9,13 +9,6 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-// The agent moves large buffers between threads all the time (downloads,
-// unpacking, container output). mimalloc keeps freed memory for reuse
-// instead of returning pages the next buffer faults in again, and it is
-// far faster than musl's allocator, which the static build would use.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The Berth agent: the container engine on a Berth host.
 #[derive(Debug, Parser)]
 #[command(name = "berth-agent", version, about)]

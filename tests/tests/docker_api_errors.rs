@@ -69,12 +69,27 @@ fn bad_requests_get_docker_shaped_errors() {
         d.busybox()
     );
     d.ok(&["pull", "-q", &d.busybox()]);
-    let (status, body) = request(&d, "POST", "/v1.47/containers/create?name=one", create.as_bytes());
+    let (status, body) = request(
+        &d,
+        "POST",
+        "/v1.47/containers/create?name=one",
+        create.as_bytes(),
+    );
     assert_eq!(status, 201, "{body}");
-    let (status, body) = request(&d, "POST", "/v1.47/containers/create?name=one", create.as_bytes());
+    let (status, body) = request(
+        &d,
+        "POST",
+        "/v1.47/containers/create?name=one",
+        create.as_bytes(),
+    );
     assert_eq!(status, 409, "{body}");
     assert!(message(&body).contains("is already in use"), "{body}");
-    let (status, _) = request(&d, "POST", "/v1.47/containers/create?name=bad%2Fname", create.as_bytes());
+    let (status, _) = request(
+        &d,
+        "POST",
+        "/v1.47/containers/create?name=bad%2Fname",
+        create.as_bytes(),
+    );
     assert_eq!(status, 400);
 
     // Too old an API version; a version-less path is served.
@@ -97,16 +112,24 @@ fn bad_requests_get_docker_shaped_errors() {
         "/v1.47/containers/one/attach?stream=1&stdout=1",
     ] {
         let mut s = UnixStream::connect(d.root.path().join("docker.sock")).unwrap();
-        let verb = if path.contains("attach") { "POST" } else { "GET" };
+        let verb = if path.contains("attach") {
+            "POST"
+        } else {
+            "GET"
+        };
         let _ = write!(s, "{verb} {path} HTTP/1.1\r\nHost: docker\r\n\r\n");
         std::thread::sleep(Duration::from_millis(100));
         drop(s);
     }
     // Half a request, then gone.
     let mut s = UnixStream::connect(d.root.path().join("docker.sock")).unwrap();
-    let _ = s.write_all(b"POST /v1.47/containers/create HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"Ima");
+    let _ =
+        s.write_all(b"POST /v1.47/containers/create HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"Ima");
     drop(s);
 
-    assert_eq!(d.ok(&["run", "--rm", &d.busybox(), "echo", "still here"]), "still here\n");
+    assert_eq!(
+        d.ok(&["run", "--rm", &d.busybox(), "echo", "still here"]),
+        "still here\n"
+    );
     assert_eq!(d.ok(&["ps", "-a", "--format", "{{.Names}}"]), "one\n");
 }

@@ -156,7 +156,9 @@ pub struct Container {
     dir: PathBuf,
     record: Mutex<Record>,
     watch: watch::Sender<Watched>,
-    output: broadcast::Sender<Output>,
+    /// Output to attached clients; made on the first attach and dropped
+    /// when the last one has gone (its buffer is not small).
+    output: Mutex<Option<broadcast::Sender<Output>>>,
     shim: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     /// Serialises start/stop/remove of this container.
     lifecycle: Arc<tokio::sync::Mutex<()>>,
@@ -171,9 +173,24 @@ impl Container {
             .clone()
     }
 
+    /// Sends output to the attached clients, if any are.
+    fn publish(&self, output: Output) {
+        let mut sender = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = sender.as_ref() {
+            if tx.send(output).is_err() {
+                // Nobody is attached any more.
+                *sender = None;
+            }
+        }
+    }
+
     /// Its output from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Output> {
-        self.output.subscribe()
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| broadcast::channel(OUTPUT_BUFFER).0)
+            .subscribe()
     }
 
     /// Its directory.
@@ -252,13 +269,31 @@ fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
-/// Writes `value` as JSON to `path` atomically (temp file, fsync, rename).
+/// Writes `value` as JSON to `path` atomically (temp file, rename): a
+/// reader, or the agent after a crash, sees the old or the new, never half.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), EngineError> {
+    write_json_with(path, value, false)
+}
+
+/// As [`write_json`], and on disk before it returns (fsync): for what must
+/// outlive a power failure, such as a container's creation.
+pub fn write_json_durable(path: &Path, value: &impl serde::Serialize) -> Result<(), EngineError> {
+    write_json_with(path, value, true)
+}
+
+fn write_json_with(
+    path: &Path,
+    value: &impl serde::Serialize,
+    durable: bool,
+) -> Result<(), EngineError> {
     let tmp = path.with_extension("json.tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         serde_json::to_writer_pretty(&mut f, value)?;
-        f.sync_all()?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
@@ -513,7 +548,7 @@ impl Engine {
                 dir.join(sub).display()
             )))?;
         }
-        if let Err(e) = write_json(&dir.join("record.json"), &record) {
+        if let Err(e) = write_json_durable(&dir.join("record.json"), &record) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -536,7 +571,7 @@ impl Engine {
             dir,
             record: Mutex::new(record),
             watch: watch::channel(watched).0,
-            output: broadcast::channel(OUTPUT_BUFFER).0,
+            output: Mutex::new(None),
             shim: Mutex::new(None),
             lifecycle: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -844,7 +879,7 @@ impl Engine {
                 while let Ok(Some((kind, payload))) = decoder.next_frame() {
                     match kind {
                         Kind::Stdout | Kind::Stderr => {
-                            let _ = container.output.send(Output {
+                            container.publish(Output {
                                 stream: if kind == Kind::Stdout { 1 } else { 2 },
                                 bytes: Bytes::from(payload),
                             });
@@ -1246,9 +1281,9 @@ fn validate_restart(host: &HostConfig) -> Result<(), EngineError> {
         ));
     }
     if policy.maximum_retry_count > 0 && policy.name != "on-failure" {
-        return Err(EngineError::Invalid(format!(
-            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-        )));
+        return Err(EngineError::Invalid(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'".into(),
+        ));
     }
     Ok(())
 }

@@ -338,9 +338,11 @@ fn serve(
         at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
     };
     write_exit(&record)?;
-    let _ = delete(&args.runtime_root, &args.id, true);
+    // The engine hears of the exit first; the runtime's cleanup (a cgroup
+    // the kernel may release a moment late) follows.
     let json = serde_json::to_vec(&record).unwrap_or_default();
     send(&mut client, Kind::Exited, &json);
+    let _ = delete(&args.runtime_root, &args.id, true);
     let _ = std::fs::remove_file(SOCKET);
     Ok(())
 }
@@ -420,9 +422,10 @@ fn reap(init: Pid) -> Option<i32> {
 fn write_exit(record: &Exit) -> Result<(), RuntimeError> {
     let tmp = format!(".{EXIT_FILE}.tmp");
     let write = || -> std::io::Result<()> {
+        // Atomic, not synced: the record must survive the agent's restart,
+        // not the machine's.
         let mut f = File::create(&tmp)?;
         serde_json::to_writer(&mut f, record)?;
-        f.sync_all()?;
         std::fs::rename(&tmp, EXIT_FILE)
     };
     write().map_err(RuntimeError::io("record the exit"))

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{write_json, EngineError};
+use super::{write_json_durable, EngineError};
 
 /// What `docker volume inspect` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,7 +127,7 @@ impl Volumes {
             labels,
             anonymous,
         };
-        write_json(&dir.join("volume.json"), &volume)?;
+        write_json_durable(&dir.join("volume.json"), &volume)?;
         Ok(volume)
     }
 

@@ -131,7 +131,9 @@ impl ContainerDir {
         })
     }
 
-    /// Saves `state` atomically.
+    /// Saves `state` atomically. Not synced to disk: the state describes
+    /// live processes, which a power failure ends anyway (runc keeps it on
+    /// a tmpfs).
     pub fn save(&self, state: &Saved) -> Result<(), RuntimeError> {
         let path = self.path.join(STATE_FILE);
         let tmp = self.path.join(".state.json.tmp");
@@ -139,7 +141,6 @@ impl ContainerDir {
             let mut f = fs::File::create(&tmp)?;
             serde_json::to_writer(&mut f, state)?;
             f.flush()?;
-            f.sync_all()?;
             fs::rename(&tmp, &path)
         };
         write().map_err(RuntimeError::io(format!("write {}", path.display())))

@@ -17,6 +17,15 @@ use crate::image::pull::ChannelReader;
 
 const STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
 
+/// How much of a refused upload is read and dropped so that the client can
+/// finish sending and read the error, as Go's server lets it; past this the
+/// connection is closed instead.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// How long a refused upload may take to arrive before the error is sent
+/// anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn path_of(req: &Request<Incoming>) -> Result<String> {
     Query::parse(req)
         .get("path")
@@ -73,17 +82,33 @@ pub(super) async fn put(
     let (tx, rx) = mpsc::channel(16);
     let mut body = BodyStream::new(req.into_body());
     let feed = tokio::spawn(async move {
-        while let Some(frame) = body.next().await {
-            let Ok(frame) = frame else { break };
-            if let Ok(data) = frame.into_data() {
-                if tx.send(data).await.is_err() {
-                    break;
+        let mut receiver = Some(tx);
+        let mut discarded = 0usize;
+        while let Some(Ok(frame)) = body.next().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            match &receiver {
+                Some(tx) => {
+                    let len = data.len();
+                    if tx.send(data).await.is_err() {
+                        // The copy has ended (refused); read on so that the
+                        // client can finish sending and hear why.
+                        receiver = None;
+                        discarded += len;
+                    }
                 }
+                None => discarded += data.len(),
+            }
+            if discarded > DRAIN_LIMIT {
+                break;
             }
         }
     });
     let result = engine.archive_put(id, &path, ChannelReader::new(rx)).await;
-    feed.abort();
+    if tokio::time::timeout(DRAIN_TIMEOUT, feed).await.is_err() {
+        tracing::debug!("docker cp: the client did not finish its upload");
+    }
     result?;
     Ok(super::empty(StatusCode::OK))
 }

@@ -392,7 +392,7 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Body> {
             let segments: Vec<String> = path
                 .trim_start_matches('/')
                 .split('/')
-                .map(|s| percent_decode(s))
+                .map(percent_decode)
                 .collect();
             let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
             dispatch(&engine, req, &method, &segments)

@@ -205,16 +205,14 @@ impl Cgroup {
     /// Freezes (or thaws) every process in the cgroup and waits until the
     /// kernel says it is done.
     pub fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
-        let (dir, file, value, done): (&Path, &str, &str, Box<dyn Fn(&Path) -> bool>) = match self {
+        // (directory, file to write, value, file that reports, line it shows when done)
+        let (dir, file, value, report, want) = match self {
             Cgroup::V2(c) => (
                 c.dir(),
                 "cgroup.freeze",
                 if frozen { "1" } else { "0" },
-                Box::new(move |d: &Path| {
-                    let want = if frozen { "frozen 1" } else { "frozen 0" };
-                    fs::read_to_string(d.join("cgroup.events"))
-                        .is_ok_and(|t| t.lines().any(|l| l == want))
-                }),
+                "cgroup.events",
+                if frozen { "frozen 1" } else { "frozen 0" },
             ),
             Cgroup::V1(c) => (
                 c.controller_dir("freezer")
@@ -226,11 +224,12 @@ impl Cgroup {
                     })?,
                 "freezer.state",
                 if frozen { "FROZEN" } else { "THAWED" },
-                Box::new(move |d: &Path| {
-                    let want = if frozen { "FROZEN" } else { "THAWED" };
-                    fs::read_to_string(d.join("freezer.state")).is_ok_and(|t| t.trim() == want)
-                }),
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
             ),
+        };
+        let done = |d: &Path| {
+            fs::read_to_string(d.join(report)).is_ok_and(|t| t.lines().any(|l| l.trim() == want))
         };
         write(dir, file, value)?;
         for _ in 0..500 {
