@@ -21,7 +21,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
-use crate::api::grpc::AgentService;
+use crate::api::grpc::{AgentService, ShutdownAction, Targets};
 
 /// How long to keep trying for the root lock before concluding another agent
 /// holds it. Host tools probe the lock for a few microseconds to learn
@@ -41,6 +41,19 @@ pub struct DockerApi {
     pub insecure_registries: Vec<String>,
     /// Also on TCP, with mutual TLS.
     pub tcp: Option<(std::net::SocketAddr, crate::api::docker::tls::TlsFiles)>,
+}
+
+/// Where the gRPC service is served besides its unix socket, and what
+/// `Shutdown` does: the guest side of a VM's link.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// A virtio-serial port's device node.
+    pub port: Option<PathBuf>,
+    /// A vsock port.
+    pub vsock: Option<u32>,
+    /// `Shutdown` powers the machine off (PID 1 is `berth-agent init`)
+    /// instead of stopping this agent.
+    pub power_off: bool,
 }
 
 /// Why the agent could not serve.
@@ -101,6 +114,14 @@ pub enum DaemonError {
     /// The Docker API's TLS endpoint could not be set up.
     #[error("cannot serve the Docker API over TLS: {0}")]
     Tls(String),
+    /// The vsock port could not be listened on.
+    #[error("cannot listen on vsock port {port}: {source}")]
+    Vsock {
+        /// The port.
+        port: u32,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -276,12 +297,14 @@ pub async fn serve(
     root: &Path,
     listen: &Address,
     docker: Option<DockerApi>,
+    links: Links,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let lock = RootLock::acquire(root)?;
     let Address::Unix(path) = listen;
     let (listener, socket) = bind_unix(path)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let docker_socket = docker.as_ref().map(|d| d.socket.clone());
     let docker_guard = match docker {
         Some(docker) => {
             let engine = crate::engine::Engine::open(
@@ -323,8 +346,54 @@ pub async fn serve(
         }
         None => None,
     };
+    let stop_requested = std::sync::Arc::new(tokio::sync::Notify::new());
+    let service = AgentService::new(
+        root.to_owned(),
+        Targets {
+            agent: Some(path.clone()),
+            docker: docker_socket,
+        },
+        if links.power_off {
+            ShutdownAction::PowerOff
+        } else {
+            ShutdownAction::Stop(stop_requested.clone())
+        },
+    );
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Some(device) = links.port.clone() {
+        let server = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(service.clone()))
+            .serve_with_incoming_shutdown(
+                crate::link::port_connections(device.clone()),
+                stopped(stop_rx.clone()),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!("serving the link port {} failed: {e}", device.display());
+            }
+        });
+        info!(port = %links.port.as_deref().unwrap_or(Path::new("")).display(), "serving the link port");
+    }
+    if let Some(port) = links.vsock {
+        let incoming = crate::link::vsock_connections(port)
+            .map_err(|source| DaemonError::Vsock { port, source })?;
+        let server = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(service.clone()))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!("serving vsock port {port} failed: {e}");
+            }
+        });
+        info!(port, "serving vsock");
+    }
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop_requested.notified() => info!("shutdown requested over gRPC"),
+        }
         let _ = stop_tx.send(true);
     };
     info!(
@@ -334,7 +403,7 @@ pub async fn serve(
         "berth-agent serving"
     );
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::new(root.to_owned())))
+        .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     drop(socket);

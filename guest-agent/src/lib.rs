@@ -24,6 +24,8 @@ pub mod daemon;
 pub mod engine;
 pub mod host_info;
 pub mod image;
+pub mod init;
+pub mod link;
 pub mod runtime;
 
 /// The agent's version, shared with the CLI through `berth-proto`.

@@ -46,7 +46,19 @@ enum Command {
         /// The server's private key (PEM).
         #[arg(long, value_name = "FILE", requires = "docker_tcp")]
         tls_key: Option<PathBuf>,
+        /// Also serve the gRPC API on this virtio-serial port (a VM's link).
+        #[arg(long, value_name = "DEVICE")]
+        link_port: Option<PathBuf>,
+        /// Also serve the gRPC API on this vsock port (a VM's link).
+        #[arg(long, value_name = "PORT")]
+        vsock_port: Option<u32>,
+        /// Make `Shutdown` power the machine off (when PID 1 is
+        /// `berth-agent init`) instead of stopping this agent.
+        #[arg(long)]
+        power_off_on_shutdown: bool,
     },
+    /// PID 1 of Berth's guest VM: sets the system up and runs `serve`.
+    Init,
     /// A container's shim (started by the engine; not for direct use).
     #[command(hide = true)]
     Shim(berth_agent::engine::shim::ShimArgs),
@@ -65,7 +77,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::process::id() != 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -91,6 +103,7 @@ fn serve(
     root: PathBuf,
     listen: Address,
     docker: Option<berth_agent::daemon::DockerApi>,
+    links: berth_agent::daemon::Links,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -104,7 +117,7 @@ fn serve(
         }
     };
     let served = runtime.block_on(async move {
-        berth_agent::daemon::serve(&root, &listen, docker, termination()).await
+        berth_agent::daemon::serve(&root, &listen, docker, links, termination()).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,9 +129,19 @@ fn serve(
 }
 
 fn main() -> ExitCode {
+    // The kernel starts /init with no arguments: as PID 1 this binary is
+    // the guest's init, whatever its command line says.
+    if std::process::id() == 1 {
+        init_logging();
+        berth_agent::init::main();
+    }
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Init => {
+            tracing::error!("berth-agent init runs only as PID 1 of Berth's guest VM");
+            ExitCode::FAILURE
+        }
         Command::Serve {
             root,
             listen,
@@ -128,6 +151,9 @@ fn main() -> ExitCode {
             tls_ca,
             tls_cert,
             tls_key,
+            link_port,
+            vsock_port,
+            power_off_on_shutdown,
         } => serve(
             root,
             listen,
@@ -143,6 +169,11 @@ fn main() -> ExitCode {
                     },
                 ),
             }),
+            berth_agent::daemon::Links {
+                port: link_port,
+                vsock: vsock_port,
+                power_off: power_off_on_shutdown,
+            },
         ),
         Command::Shim(args) => {
             // Like the runtime's create: re-executed from a sealed copy

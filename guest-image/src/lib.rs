@@ -1,5 +1,447 @@
 //! Builds Berth's guest image: a Linux kernel plus an initramfs whose
-//! `/init` is `berth-agent init`, for the `qemu` driver.
+//! `/init` is `berth-agent`, for the `qemu` driver.
 //!
-//! Not built yet: this crate holds its place in the workspace until the
-//! QEMU machines land (see the README's "Not there yet").
+//! Inputs are files, never the network: the kernel package's tree (with
+//! `modules.dep` from `depmod`), a sysroot holding busybox and `mke2fs`
+//! with its libraries (unpacked Debian packages), and a static
+//! `berth-agent`. `scripts/build-guest-image` fetches and unpacks them. The
+//! same inputs give the same bytes: entries are written in path order with
+//! fixed owners and times, and the gzip header carries no time.
+//!
+//! - [`cpio`] — the `newc` archive the kernel unpacks.
+//! - [`modules`] — which module files to ship, in load order.
+//! - [`elf`] — the libraries a dynamically linked tool needs.
+
+#![deny(missing_docs)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub mod cpio;
+pub mod elf;
+pub mod modules;
+
+use cpio::{Archive, Node};
+
+/// The manifest's file name in an image directory.
+pub const MANIFEST: &str = "image.json";
+/// The kernel's file name in an image directory.
+pub const KERNEL: &str = "vmlinuz";
+/// The initramfs's file name in an image directory.
+pub const INITRAMFS: &str = "initramfs.gz";
+
+/// The modules every guest loads: virtio devices, the file systems and
+/// the networking the engine uses.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "virtio_rng",
+    "vmw_vsock_virtio_transport",
+    "crc32c_generic",
+    "ext4",
+    "overlay",
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_nat",
+    "nft_ct",
+    "nft_compat",
+    "ip_tables",
+    "iptable_nat",
+    "iptable_filter",
+    "xt_MASQUERADE",
+    "xt_conntrack",
+    "xt_addrtype",
+    "9pnet_virtio",
+    "9p",
+    "virtiofs",
+    "evdev",
+];
+
+/// Modules that some architectures' kernels lack or build in.
+const OPTIONAL_MODULES: &[&str] = &["crc32c_intel", "button", "gpio_keys"];
+
+/// Errors while building an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A file could not be read or written.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The kernel's modules are not as expected.
+    #[error("kernel modules: {0}")]
+    Modules(String),
+    /// A program could not be read as ELF or its libraries not found.
+    #[error("{0}")]
+    Elf(String),
+    /// The inputs are not what an image needs.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl ImageError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(action: impl Into<String>, source: io::Error) -> Self {
+        ImageError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// The guest architectures Berth builds images for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// 64-bit x86.
+    X86_64,
+    /// 64-bit Arm.
+    Aarch64,
+}
+
+impl Arch {
+    /// Parses `x86_64`/`amd64` or `aarch64`/`arm64`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "x86_64" | "amd64" => Some(Arch::X86_64),
+            "aarch64" | "arm64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+
+    /// The name as `uname -m` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Debian's multiarch triplet.
+    pub fn triplet(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+        }
+    }
+}
+
+/// One file of an image, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    /// Its name in the image directory.
+    pub file: String,
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// `image.json`: what an image directory holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The guest architecture.
+    pub arch: Arch,
+    /// The kernel's release, as `uname -r` prints it.
+    pub kernel_release: String,
+    /// The kernel.
+    pub kernel: ImageFile,
+    /// The initramfs.
+    pub initramfs: ImageFile,
+    /// The image's identity: sha256 over the two files' digests.
+    pub digest: String,
+}
+
+impl Manifest {
+    /// Reads and checks the manifest of the image in `dir`: both files must
+    /// be there with the digests it records.
+    pub fn load_verified(dir: &Path) -> Result<Self, ImageError> {
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| ImageError::io(format!("read {}", path.display()), e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            ImageError::Input(format!("{} is not an image manifest: {e}", path.display()))
+        })?;
+        for file in [&manifest.kernel, &manifest.initramfs] {
+            let data = fs::read(dir.join(&file.file)).map_err(|e| {
+                ImageError::io(format!("read {}", dir.join(&file.file).display()), e)
+            })?;
+            if sha256(&data) != file.digest {
+                return Err(ImageError::Input(format!(
+                    "{} does not match its digest in {}: the image is damaged; build it again",
+                    dir.join(&file.file).display(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// What [`build`] reads and where it writes.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The guest architecture.
+    pub arch: Arch,
+    /// The unpacked kernel package: `boot/vmlinuz-*`, `lib/modules/*/`.
+    pub kernel_root: PathBuf,
+    /// Unpacked packages with `bin/busybox` and `sbin/mke2fs` and the
+    /// libraries `mke2fs` needs.
+    pub sysroot: PathBuf,
+    /// A static `berth-agent` for `arch`.
+    pub agent: PathBuf,
+    /// The image directory to write.
+    pub out: PathBuf,
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    fs::read(path).map_err(|e| ImageError::io(format!("read {}", path.display()), e))
+}
+
+/// The kernel release in `kernel_root/lib/modules/`: there must be one.
+fn kernel_release(kernel_root: &Path) -> Result<String, ImageError> {
+    let dir = kernel_root.join("lib/modules");
+    let mut releases: Vec<String> = fs::read_dir(&dir)
+        .map_err(|e| ImageError::io(format!("list {}", dir.display()), e))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match releases.len() {
+        1 => Ok(releases.remove(0)),
+        0 => Err(ImageError::Input(format!(
+            "{} holds no kernel modules",
+            dir.display()
+        ))),
+        _ => Err(ImageError::Input(format!(
+            "{} holds modules of several kernels ({}); unpack one kernel package",
+            dir.display(),
+            releases.join(", ")
+        ))),
+    }
+}
+
+/// Checks that `data` is a static ELF program (the guest has no libc for
+/// anything else but the tools that bring theirs).
+fn require_static(data: &[u8], what: &Path) -> Result<(), ImageError> {
+    let needs = elf::needs(data, what)?;
+    if needs.interpreter.is_some() || !needs.libraries.is_empty() {
+        return Err(ImageError::Input(format!(
+            "{} is dynamically linked ({:?}); the guest needs a static build (e.g. --target x86_64-unknown-linux-musl)",
+            what.display(),
+            needs.libraries
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the initramfs tree.
+fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
+    let mut archive = Archive::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "root",
+        "etc",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "var/lib/berth-agent",
+    ] {
+        archive.add(dir, Node::Dir, 0o755);
+    }
+    archive.add("tmp", Node::Dir, 0o1777);
+    archive.add("root", Node::Dir, 0o700);
+    // The kernel opens the console for init before devtmpfs exists.
+    archive.add("dev/console", Node::CharDevice(5, 1), 0o600);
+    archive.add("dev/null", Node::CharDevice(1, 3), 0o666);
+
+    let agent = read(&inputs.agent)?;
+    require_static(&agent, &inputs.agent)?;
+    archive.add("init", Node::File(agent), 0o755);
+
+    let busybox_path = inputs.sysroot.join("bin/busybox");
+    let busybox = read(&busybox_path)?;
+    require_static(&busybox, &busybox_path)?;
+    archive.add("bin/busybox", Node::File(busybox), 0o755);
+    // Init installs the applet links at boot (`busybox --install -s`);
+    // the shell is needed before that.
+    archive.add("bin/sh", Node::Symlink("busybox".into()), 0o777);
+
+    // mke2fs and what it needs, at the paths its loader looks in.
+    for file in elf::closure(&inputs.sysroot, "sbin/mke2fs", inputs.arch.triplet())? {
+        let data = elf::read_in_root(&inputs.sysroot, &file)?;
+        let at = if file == "sbin/mke2fs" {
+            "usr/sbin/mke2fs".to_owned()
+        } else {
+            file
+        };
+        archive.add(&at, Node::File(data), 0o755);
+    }
+    if inputs.sysroot.join("etc/mke2fs.conf").is_file() {
+        archive.add(
+            "etc/mke2fs.conf",
+            Node::File(read(&inputs.sysroot.join("etc/mke2fs.conf"))?),
+            0o644,
+        );
+    }
+
+    // Kernel modules, and the list init loads in order.
+    let modules_dir = inputs.kernel_root.join("lib/modules").join(release);
+    let dep_path = modules_dir.join("modules.dep");
+    let dep_text = fs::read_to_string(&dep_path).map_err(|e| {
+        ImageError::io(
+            format!(
+                "read {} (run depmod on the unpacked kernel first)",
+                dep_path.display()
+            ),
+            e,
+        )
+    })?;
+    let builtin = fs::read_to_string(modules_dir.join("modules.builtin"))
+        .map(|t| modules::builtin_names(&t))
+        .unwrap_or_else(|_| BTreeSet::new());
+    let order =
+        modules::ModuleDeps::parse(&dep_text)?.resolve(MODULES, OPTIONAL_MODULES, &builtin)?;
+    for module in &order {
+        if !module.ends_with(".ko") {
+            return Err(ImageError::Modules(format!(
+                "{module} is compressed; init loads plain .ko files only"
+            )));
+        }
+        let data = read(&modules_dir.join(module))?;
+        archive.add(
+            &format!("lib/modules/{release}/{module}"),
+            Node::File(data),
+            0o644,
+        );
+    }
+    let list: String = order.iter().map(|m| format!("{m}\n")).collect();
+    archive.add(
+        &format!("lib/modules/{release}/berth.load"),
+        Node::File(list.into_bytes()),
+        0o644,
+    );
+
+    archive.add(
+        "etc/os-release",
+        Node::File(
+            format!(
+                "NAME=\"Berth\"\nID=berth\nPRETTY_NAME=\"Berth guest (kernel {release})\"\nVERSION_ID=\"{}\"\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .into_bytes(),
+        ),
+        0o644,
+    );
+    archive.add(
+        "etc/passwd",
+        Node::File(b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
+        0o644,
+    );
+    archive.add(
+        "etc/group",
+        Node::File(b"root:x:0:\ntty:x:5:\n".to_vec()),
+        0o644,
+    );
+    archive.add(
+        "etc/profile",
+        Node::File(b"export PS1='\\h:\\w\\$ '\n".to_vec()),
+        0o644,
+    );
+    Ok(archive)
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so that
+/// a reader never sees half a file.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ImageError::io(format!("write {}", path.display()), e)
+    })
+}
+
+/// Builds the image described by `inputs` and returns its manifest.
+pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
+    let release = kernel_release(&inputs.kernel_root)?;
+    let kernel_path = inputs
+        .kernel_root
+        .join("boot")
+        .join(format!("vmlinuz-{release}"));
+    let kernel = read(&kernel_path)?;
+    let archive = assemble(inputs, &release)?;
+
+    let mut cpio = Vec::new();
+    archive
+        .write_to(&mut cpio)
+        .map_err(|e| ImageError::io("assemble the initramfs", e))?;
+    // No file name and no time in the header: the same tree, the same bytes.
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&cpio)
+        .and_then(|_| gz.try_finish())
+        .map_err(|e| ImageError::io("compress the initramfs", e))?;
+    let initramfs = gz
+        .finish()
+        .map_err(|e| ImageError::io("compress the initramfs", e))?;
+
+    fs::create_dir_all(&inputs.out)
+        .map_err(|e| ImageError::io(format!("create {}", inputs.out.display()), e))?;
+    let file = |name: &str, data: &[u8]| ImageFile {
+        file: name.to_owned(),
+        digest: sha256(data),
+        size: data.len() as u64,
+    };
+    let kernel_file = file(KERNEL, &kernel);
+    let initramfs_file = file(INITRAMFS, &initramfs);
+    let manifest = Manifest {
+        arch: inputs.arch,
+        kernel_release: release,
+        digest: sha256(format!("{}\n{}\n", kernel_file.digest, initramfs_file.digest).as_bytes()),
+        kernel: kernel_file,
+        initramfs: initramfs_file,
+    };
+    write_atomic(&inputs.out.join(KERNEL), &kernel)?;
+    write_atomic(&inputs.out.join(INITRAMFS), &initramfs)?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Input(e.to_string()))?;
+    // The manifest goes last: an image directory with one is complete.
+    write_atomic(&inputs.out.join(MANIFEST), &json)?;
+    Ok(manifest)
+}

@@ -1,27 +1,58 @@
 //! The gRPC service that `berth` calls (`berth.agent.v1.Agent`).
+//!
+//! - [`exec`] — commands on the host itself (`berth ssh`).
+//! - [`tunnel`] — byte streams to the agent's services and to ports.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_proto::pb::agent_server::Agent;
-use berth_proto::pb::{InfoRequest, InfoResponse, PingRequest, PingResponse};
-use tonic::{Request, Response, Status};
+use berth_proto::pb::{
+    ExecInput, ExecOutput, InfoRequest, InfoResponse, PingRequest, PingResponse, ShutdownRequest,
+    ShutdownResponse, TunnelFrame,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::host_info;
+
+pub mod exec;
+pub mod tunnel;
+
+pub use tunnel::Targets;
+
+/// Frames of exec output queued towards the client.
+const EXEC_QUEUE: usize = 16;
+
+/// What `Shutdown` does on this host.
+#[derive(Debug, Clone)]
+pub enum ShutdownAction {
+    /// Stop this agent: `serve` returns.
+    Stop(Arc<tokio::sync::Notify>),
+    /// Ask PID 1 (`berth-agent init` in our guest) to sync and power off.
+    PowerOff,
+}
 
 /// Serves the agent's control API.
 #[derive(Debug, Clone)]
 pub struct AgentService {
     storage_root: PathBuf,
     started: Instant,
+    targets: Targets,
+    shutdown: ShutdownAction,
 }
 
 impl AgentService {
-    /// A service reporting on the agent whose state lives at `storage_root`.
-    pub fn new(storage_root: PathBuf) -> Self {
+    /// A service reporting on the agent whose state lives at `storage_root`;
+    /// its tunnels reach `targets`, and `Shutdown` does `shutdown`.
+    pub fn new(storage_root: PathBuf, targets: Targets, shutdown: ShutdownAction) -> Self {
         AgentService {
             storage_root,
             started: Instant::now(),
+            targets,
+            shutdown,
         }
     }
 }
@@ -57,5 +88,48 @@ impl Agent for AgentService {
             hostname: host.hostname,
             pid: std::process::id(),
         }))
+    }
+
+    type TunnelStream = tunnel::FrameStream;
+
+    async fn tunnel(
+        &self,
+        request: Request<Streaming<TunnelFrame>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
+        tunnel::open(&self.targets, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type ExecStream = ReceiverStream<Result<ExecOutput, Status>>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let (tx, rx) = mpsc::channel(EXEC_QUEUE);
+        let input = request.into_inner();
+        let failed = tx.clone();
+        tokio::spawn(async move {
+            if let Err(status) = exec::run(input, tx).await {
+                let _ = failed.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        match &self.shutdown {
+            ShutdownAction::Stop(notify) => notify.notify_one(),
+            ShutdownAction::PowerOff => {
+                tracing::info!("shutdown requested: asking init to power off");
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), crate::init::POWEROFF_SIGNAL)
+                    .map_err(|e| Status::internal(format!("cannot signal init: {e}")))?;
+            }
+        }
+        Ok(Response::new(ShutdownResponse {}))
     }
 }

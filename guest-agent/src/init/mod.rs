@@ -1,0 +1,190 @@
+//! `berth-agent init`: PID 1 in Berth's guest VM.
+//!
+//! In order: leave the initramfs for a tmpfs root (so that containers can
+//! `pivot_root`), mount the kernel's file systems, load the kernel modules
+//! the image lists, mount cgroup2, set the hostname, bring the network up on
+//! QEMU's user network, mount the persistent data disk (formatting it on
+//! first boot) at the agent's root, then run `berth-agent serve` and keep
+//! it running. It reaps every orphan, and on SIGTERM, SIGUSR2 (the agent's
+//! `Shutdown`), SIGPWR or the ACPI power button it stops everything, syncs,
+//! unmounts and powers off.
+//!
+//! Settings come from the kernel command line (`berth.*=`, see
+//! [`cmdline::Settings`]). Everything is logged to the console, which the
+//! host keeps as the machine's console log: a boot that goes wrong says why
+//! there. Init never returns; a step that fails is logged and, where the
+//! agent cannot work without it, ends in a power-off.
+//!
+//! - [`cmdline`] — the settings on the kernel command line.
+//! - [`rootfs`] — the move from the initramfs to a tmpfs root.
+//! - [`system`] — mounts, modules, cgroups, hostname, clock.
+//! - [`net`] — loopback and the first Ethernet link.
+//! - [`disk`] — the data disk.
+//! - [`power`] — the power button, stopping everything, powering off.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+pub mod cmdline;
+pub mod disk;
+pub mod net;
+pub mod power;
+pub mod rootfs;
+pub mod system;
+
+/// The signal the agent's `Shutdown` sends PID 1 to power the VM off
+/// (busybox's init uses the same one for `poweroff`).
+pub const POWEROFF_SIGNAL: Signal = Signal::SIGUSR2;
+
+/// Where the data disk is mounted: the agent's storage root.
+pub const AGENT_ROOT: &str = "/var/lib/berth-agent";
+
+/// The agent's gRPC socket in the guest.
+pub const AGENT_SOCKET: &str = "/run/berth/agent.sock";
+
+/// The Docker API's socket in the guest.
+pub const DOCKER_SOCKET: &str = "/run/berth/docker.sock";
+
+/// The shortest time between two starts of the agent: one that dies at
+/// once must not be restarted in a tight loop.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs PID 1. Never returns: the machine powers off at the end.
+pub fn main() -> ! {
+    if let Err(e) = rootfs::leave_initramfs() {
+        error!("cannot move to a tmpfs root (containers will not start): {e}");
+    }
+    if let Err(e) = system::mount_basics() {
+        error!("{e}");
+        power::off();
+    }
+    let settings = cmdline::Settings::from_proc();
+    system::load_modules();
+    if let Err(e) = system::mount_cgroup2() {
+        warn!("{e}");
+    }
+    system::set_hostname(&settings.hostname);
+    system::check_clock();
+    if let Err(e) = net::configure(&settings) {
+        warn!("network: {e}");
+    }
+    match disk::mount_data(&settings, Path::new(AGENT_ROOT)) {
+        Ok(true) => {}
+        Ok(false) => warn!("no data disk: images and containers last until power-off"),
+        Err(e) => {
+            // Running on without it would lose the user's data silently.
+            error!("data disk: {e}");
+            power::off();
+        }
+    }
+    power::watch_button();
+    supervise(&settings)
+}
+
+/// Blocks the signals init handles, so that they queue for `sigwait`.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        POWEROFF_SIGNAL,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Runs the agent, restarts it when it dies, reaps orphans, and powers off
+/// when told to.
+fn supervise(settings: &cmdline::Settings) -> ! {
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        error!("cannot block signals: {e}");
+    }
+    let mut agent = start_agent(settings);
+    let mut started = Instant::now();
+    loop {
+        let signal = match signals.wait() {
+            Ok(signal) => signal,
+            Err(e) => {
+                warn!("sigwait: {e}");
+                continue;
+            }
+        };
+        if signal != Signal::SIGCHLD {
+            info!(%signal, "powering off");
+            power::shutdown(agent.as_mut());
+        }
+        let agent_pid = agent.as_ref().map(|c| Pid::from_raw(c.id() as i32));
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    if status.pid().is_some() && status.pid() == agent_pid {
+                        warn!("berth-agent serve ended ({status:?}); starting it again");
+                        agent = None;
+                    }
+                }
+            }
+        }
+        if agent.is_none() {
+            let since = started.elapsed();
+            if since < RESTART_BACKOFF {
+                std::thread::sleep(RESTART_BACKOFF - since);
+            }
+            agent = start_agent(settings);
+            started = Instant::now();
+        }
+    }
+}
+
+/// Starts `berth-agent serve` with the guest's sockets and link.
+fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
+    let mut command = Command::new("/proc/self/exe");
+    command.args([
+        "serve",
+        "--root",
+        AGENT_ROOT,
+        "--listen",
+        &format!("unix:{AGENT_SOCKET}"),
+        "--docker-socket",
+        DOCKER_SOCKET,
+        "--power-off-on-shutdown",
+    ]);
+    match crate::link::find_port(crate::link::PORT_NAME) {
+        Some(port) => {
+            command.arg("--link-port").arg(port);
+        }
+        None => warn!(
+            "no virtio-serial port named {}: the host cannot reach the agent",
+            crate::link::PORT_NAME
+        ),
+    }
+    if system::has_vsock() {
+        command
+            .arg("--vsock-port")
+            .arg(crate::link::VSOCK_PORT.to_string());
+    }
+    for registry in &settings.insecure_registries {
+        command.arg("--insecure-registry").arg(registry);
+    }
+    command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    match command.spawn() {
+        Ok(child) => {
+            info!(pid = child.id(), "berth-agent serve started");
+            Some(child)
+        }
+        Err(e) => {
+            error!("cannot start berth-agent serve: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The guest's basic system: kernel file systems, modules, cgroup2, the
+//! hostname, the clock.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use tracing::{info, warn};
+
+/// The file, beside the kernel's modules, that lists the modules to load
+/// in order (dependencies first), one path relative to it per line. The
+/// image builder writes it.
+pub const MODULES_LIST: &str = "berth.load";
+
+/// A clock before this (2025-01-01) is surely unset: certificates would
+/// not verify.
+const SANE_CLOCK_SECS: u64 = 1_735_689_600;
+
+/// Mounts /proc, /sys, /dev and the tmpfs the system needs.
+pub fn mount_basics() -> io::Result<()> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mounts: &[(&str, &str, &str, MsFlags, Option<&str>)] = &[
+        (
+            "proc",
+            "/proc",
+            "proc",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666,gid=5"),
+        ),
+        ("shm", "/dev/shm", "tmpfs", nosuid_nodev, Some("mode=1777")),
+        (
+            "mqueue",
+            "/dev/mqueue",
+            "mqueue",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        ("run", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
+        ("tmp", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        fs::create_dir_all(target)?;
+        mount(Some(*source), *target, Some(*fstype), *flags, *data)
+            .map_err(|e| io::Error::other(format!("cannot mount {fstype} on {target}: {e}")))?;
+    }
+    // What a Linux system is expected to have under /dev.
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        let _ = fs::remove_file(link);
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    fs::create_dir_all("/run/berth")?;
+    Ok(())
+}
+
+/// Loads the modules the image lists, in order. A module that is built in
+/// or loaded already is fine; one that fails is logged and skipped (the
+/// step that needs it reports what is missing).
+pub fn load_modules() {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = Path::new("/lib/modules").join(&release);
+    let list = match fs::read_to_string(dir.join(MODULES_LIST)) {
+        Ok(list) => list,
+        Err(e) => {
+            warn!("no module list for kernel {release}: {e}");
+            return;
+        }
+    };
+    let mut loaded = 0;
+    for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match load_module(&dir.join(line)) {
+            Ok(()) => loaded += 1,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+            Err(e) => warn!("cannot load module {line}: {e}"),
+        }
+    }
+    info!(loaded, "kernel modules loaded");
+}
+
+fn load_module(path: &Path) -> io::Result<()> {
+    let file = fs::File::open(path)?;
+    let params = c"";
+    nix::kmod::finit_module(file.as_fd(), params, nix::kmod::ModuleInitFlags::empty())
+        .map_err(io::Error::from)
+}
+
+/// Mounts the unified cgroup hierarchy and hands its controllers down.
+pub fn mount_cgroup2() -> io::Result<()> {
+    let target = "/sys/fs/cgroup";
+    mount(
+        Some("cgroup2"),
+        target,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("nsdelegate"),
+    )
+    .map_err(|e| io::Error::other(format!("cannot mount cgroup2: {e}")))?;
+    let controllers = fs::read_to_string(Path::new(target).join("cgroup.controllers"))?;
+    let enable: String = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c} "))
+        .collect();
+    fs::write(
+        Path::new(target).join("cgroup.subtree_control"),
+        enable.trim(),
+    )
+    .map_err(|e| io::Error::other(format!("cannot enable cgroup controllers: {e}")))
+}
+
+/// Sets the kernel's hostname and `/etc/hostname`, `/etc/hosts`.
+pub fn set_hostname(name: &str) {
+    if let Err(e) = nix::unistd::sethostname(name) {
+        warn!("cannot set the hostname: {e}");
+    }
+    let _ = fs::create_dir_all("/etc");
+    let _ = fs::write("/etc/hostname", format!("{name}\n"));
+    let _ = fs::write(
+        "/etc/hosts",
+        format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n"),
+    );
+}
+
+/// Warns when the clock (read from the VM's RTC at boot) is surely wrong.
+pub fn check_clock() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if now < SANE_CLOCK_SECS {
+        warn!(
+            now,
+            "the clock is not set; TLS certificates will not verify"
+        );
+    }
+}
+
+/// Whether a virtio vsock device is bound, so that vsock can be served.
+pub fn has_vsock() -> bool {
+    Path::new("/dev/vsock").exists()
+        && fs::read_dir("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport")
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+            })
+            .unwrap_or(false)
+}
