@@ -28,6 +28,10 @@ use crate::api::grpc::{AgentService, ShutdownAction, Targets};
 /// whether an agent runs; this grace keeps such a probe from failing a start.
 const LOCK_GRACE: Duration = Duration::from_millis(750);
 
+/// How long open connections may take to finish once the agent is told
+/// to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest unix socket path the kernel accepts (`sun_path` is 108 bytes
 /// including the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -363,7 +367,11 @@ pub async fn serve(
         let _ = stop.wait_for(|s| *s).await;
     };
     if let Some(device) = links.port.clone() {
+        // The host side can vanish without a word (its supervisor killed):
+        // probe the held connection so that the port is freed for the next.
         let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(berth_proto::link::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(berth_proto::link::KEEPALIVE_TIMEOUT))
             .add_service(AgentServer::new(service.clone()))
             .serve_with_incoming_shutdown(
                 crate::link::port_connections(device.clone()),
@@ -402,10 +410,19 @@ pub async fn serve(
         listen = %listen,
         "berth-agent serving"
     );
-    tonic::transport::Server::builder()
+    let mut stopping = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    tokio::select! {
+        served = server => served?,
+        // A client that holds its connection open (a VM's supervisor holds
+        // the link) must not keep the agent from stopping.
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => info!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
+    }
     drop(socket);
     drop(docker_guard);
     drop(lock);

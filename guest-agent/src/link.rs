@@ -7,7 +7,9 @@
 //! is opened, served as one HTTP/2 connection until that ends (the host
 //! side went away, or sent something that is not HTTP/2), then opened
 //! again for the next. While no host is connected a read returns end of
-//! file at once, so reopening waits [`REOPEN_DELAY`] between tries.
+//! file at once and the port reports a hang-up (a write would wait for
+//! ever), so an opening ends there and reopening waits [`REOPEN_DELAY`]
+//! between tries.
 //!
 //! This module must never interpret the bytes: that is tonic's job.
 
@@ -145,6 +147,14 @@ impl AsyncWrite for PortStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            // While no host is connected the port hangs up and a write
+            // would wait for ever: this opening is over.
+            if guard.ready().is_write_closed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the host side of the link is not connected",
+                )));
+            }
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
             {
                 Ok(result) => return Poll::Ready(result),

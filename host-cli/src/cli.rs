@@ -54,6 +54,11 @@ pub enum Command {
     Version(VersionArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
+    /// Log into a machine, or run a command on it.
+    Ssh(SshArgs),
+    /// Hold a VM's link and serve its sockets (started by berth itself).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
 }
 
 /// Arguments of `create`.
@@ -62,8 +67,43 @@ pub struct CreateArgs {
     /// The driver that provides the host.
     #[arg(long, short = 'd', default_value = "native", value_name = "DRIVER")]
     pub driver: String,
+    /// Virtual CPUs of the VM (qemu; default 2).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Memory of the VM in MB (qemu; default 2048).
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u32>,
+    /// Size of the VM's data disk in GB (qemu; default 20).
+    #[arg(long, value_name = "GB")]
+    pub disk_size: Option<u32>,
+    /// The accelerator: kvm, hvf, whpx, tcg, or auto (qemu; default auto).
+    #[arg(long, value_name = "ACCEL")]
+    pub qemu_accel: Option<String>,
+    /// Seconds a start may take until the agent answers (qemu; default 120).
+    #[arg(long, value_name = "SECONDS")]
+    pub qemu_boot_timeout: Option<u64>,
+    /// A registry (host:port) the engine reaches over plain HTTP (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub engine_insecure_registry: Vec<String>,
     /// The new machine's name.
     pub name: String,
+}
+
+/// Arguments of `ssh`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The machine's name.
+    pub name: Option<String>,
+    /// The command to run (after `--`); none for an interactive shell.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Arguments of the hidden supervisor verb.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The machine's directory.
+    pub dir: std::path::PathBuf,
 }
 
 /// Arguments of `ls`.

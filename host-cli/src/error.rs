@@ -72,6 +72,9 @@ pub enum CliError {
     /// `active` found no machine that DOCKER_HOST points at.
     #[error("No active host found")]
     NoActive,
+    /// A command run on the machine exited non-zero; berth exits with its code.
+    #[error("")]
+    Remote(i32),
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),

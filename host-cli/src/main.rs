@@ -37,6 +37,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(berth_cli::run(cli)) {
         Ok(()) => ExitCode::from(Exit::Success as u8),
+        // A remote command's status is passed on as it is, with nothing said.
+        Err(berth_cli::error::CliError::Remote(code)) => {
+            ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+        }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(e.exit() as u8)

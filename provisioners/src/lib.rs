@@ -10,12 +10,18 @@
 //! - [`driver::native`] — the host is this Linux machine: the agent runs as
 //!   a detached daemon whose state lives in the machine's directory.
 //!
-//! Provisioning over SSH, the `qemu`, `generic` and cloud drivers are not
-//! here yet (see the README).
+//! - [`driver::qemu`] — the host is a QEMU VM booted from Berth's guest
+//!   image, reached through [`supervisor`].
+//! - [`supervisor`] — the detached process that holds a VM's link and
+//!   serves its sockets on this machine.
+//!
+//! Provisioning over SSH, the `generic` and cloud drivers are not here yet
+//! (see the README).
 
 #![deny(missing_docs)]
 
 pub mod driver;
+pub mod supervisor;
 
 pub use driver::{
     DockerEndpoint, Driver, DriverConfig, DriverError, Endpoint, MachineContext, MachineState,

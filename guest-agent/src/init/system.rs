@@ -78,7 +78,26 @@ pub fn mount_basics() -> io::Result<()> {
         let _ = std::os::unix::fs::symlink(target, link);
     }
     fs::create_dir_all("/run/berth")?;
+    install_busybox();
     Ok(())
+}
+
+/// Links busybox's applets into the usual directories (`berth ssh` gets a
+/// shell with `ls`, `ps`, `uname`, …). The image ships only the binary:
+/// busybox knows its own applets, whatever the architecture.
+fn install_busybox() {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        return;
+    }
+    match std::process::Command::new(busybox)
+        .args(["--install", "-s"])
+        .status()
+    {
+        Ok(status) if status.success() => {}
+        Ok(status) => warn!("busybox --install failed ({status})"),
+        Err(e) => warn!("cannot run busybox: {e}"),
+    }
 }
 
 /// Loads the modules the image lists, in order. A module that is built in

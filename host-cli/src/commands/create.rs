@@ -1,5 +1,6 @@
 //! `berth create`: a new machine, made whole or not at all.
 
+use berth_provisioners::driver::qemu::Accel;
 use berth_provisioners::{DriverConfig, MachineContext};
 
 use super::{progress, waiting};
@@ -11,13 +12,9 @@ use crate::store::{validate_name, Store, StoreError};
 /// Creates machine `args.name` with `args.driver` and starts it. If any
 /// step after the pre-create checks fails, what was made is removed again.
 pub(crate) async fn create(store: &Store, args: CreateArgs) -> Result<(), CliError> {
-    let name = args.name;
+    let name = args.name.clone();
     validate_name(&name)?;
-    let config =
-        DriverConfig::default_for(&args.driver).ok_or_else(|| CliError::UnknownDriver {
-            name: args.driver.clone(),
-            known: DriverConfig::NAMES.join(", "),
-        })?;
+    let config = driver_config(&args)?;
     let lock = store.lock(&name, waiting(&name))?;
     if store.exists(&name) {
         return Err(StoreError::AlreadyExists(name).into());
@@ -51,4 +48,65 @@ pub(crate) async fn create(store: &Store, args: CreateArgs) -> Result<(), CliErr
         "Machine {name:?} is running. To point docker at it, run: berth env {name}"
     ));
     Ok(())
+}
+
+/// The driver's settings from `--driver` and the flags that tune it; a
+/// flag the driver does not take is refused rather than ignored.
+fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
+    let mut config =
+        DriverConfig::default_for(&args.driver).ok_or_else(|| CliError::UnknownDriver {
+            name: args.driver.clone(),
+            known: DriverConfig::NAMES.join(", "),
+        })?;
+    match &mut config {
+        DriverConfig::Qemu(qemu) => {
+            if let Some(cpus) = args.cpus {
+                qemu.cpus = cpus;
+            }
+            if let Some(memory) = args.memory {
+                qemu.memory_mb = memory;
+            }
+            if let Some(disk) = args.disk_size {
+                qemu.disk_size_gb = disk;
+            }
+            if let Some(accel) = &args.qemu_accel {
+                qemu.accel = Accel::parse(accel).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "unknown --qemu-accel {accel:?}; use kvm, hvf, whpx, tcg or auto"
+                    ))
+                })?;
+            }
+            if let Some(timeout) = args.qemu_boot_timeout {
+                qemu.boot_timeout_secs = timeout;
+            }
+            for registry in &args.engine_insecure_registry {
+                if registry.is_empty() || registry.contains(char::is_whitespace) {
+                    return Err(CliError::Usage(format!(
+                        "--engine-insecure-registry {registry:?} is not a host[:port]"
+                    )));
+                }
+            }
+            qemu.insecure_registries = args.engine_insecure_registry.clone();
+        }
+        DriverConfig::Native(_) => {
+            let given = [
+                ("--cpus", args.cpus.is_some()),
+                ("--memory", args.memory.is_some()),
+                ("--disk-size", args.disk_size.is_some()),
+                ("--qemu-accel", args.qemu_accel.is_some()),
+                ("--qemu-boot-timeout", args.qemu_boot_timeout.is_some()),
+                (
+                    "--engine-insecure-registry",
+                    !args.engine_insecure_registry.is_empty(),
+                ),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(CliError::Usage(format!(
+                    "{flag} does not apply to the {} driver",
+                    args.driver
+                )));
+            }
+        }
+    }
+    Ok(config)
 }

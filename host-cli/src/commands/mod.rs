@@ -21,6 +21,7 @@ mod lifecycle;
 mod ls;
 mod rm;
 mod show;
+mod ssh;
 
 /// How long a single question to an agent may take in commands that need
 /// its answer (`env`, `version`). `ls` and `active` take `--timeout`.
@@ -45,6 +46,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Env(args) => env::env(&store, args).await,
         Command::Version(args) => show::version(&store, args.name).await,
         Command::Completion(args) => completion(args.shell),
+        Command::Ssh(args) => ssh::ssh(&store, args).await,
+        Command::Supervise(args) => berth_provisioners::supervisor::run(&args.dir)
+            .await
+            .map_err(|e| CliError::Usage(e.to_string())),
     }
 }
 

@@ -112,17 +112,48 @@ pub fn channel<C: Connector>(connector: C) -> Channel {
     // comes from the connector. Its authority becomes the HTTP/2 `:authority`.
     Endpoint::from_static("http://berth-agent")
         .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "connecting to the agent timed out")
-                    })??;
-                Ok::<_, io::Error>(TokioIo::new(stream))
-            }
-        }))
+        .connect_with_connector_lazy(service(connector))
+}
+
+/// How often a held link is probed with HTTP/2 pings, and how long an
+/// answer may take: a VM's agent that restarted (or a link that broke
+/// without closing) is noticed within these, and the channel re-dials.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// As [`channel`], for a link held open for a long time (a supervisor's
+/// link to a VM): idle connections are probed, and a dead one is replaced.
+pub fn held_channel<C: Connector>(connector: C) -> Channel {
+    Endpoint::from_static("http://berth-agent")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(service(connector))
+}
+
+fn service<C: Connector>(
+    connector: C,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<C::Stream>,
+    Error = io::Error,
+    Future = impl Future<Output = io::Result<TokioIo<C::Stream>>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        async move {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "connecting to the agent timed out")
+                })??;
+            Ok::<_, io::Error>(TokioIo::new(stream))
+        }
+    })
 }
 
 /// Builds a gRPC channel to the agent at `address`.

@@ -7,6 +7,7 @@ use berth_proto::link::Address;
 use serde::{Deserialize, Serialize};
 
 pub mod native;
+pub mod qemu;
 
 /// The state of a host, as docker-machine users know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +125,19 @@ pub enum DriverError {
         /// The agent's storage root.
         root: String,
     },
+    /// QEMU refused to start or exited.
+    #[error("QEMU failed: {0}")]
+    QemuFailed(String),
+    /// The VM did not come up; it was ended.
+    #[error("the VM did not come up ({reason}); it was stopped. Its console ends with:\n{console}\nhint: {hint}")]
+    BootFailed {
+        /// What the watchdog saw.
+        reason: String,
+        /// The last lines of the guest's console.
+        console: String,
+        /// What the user can try.
+        hint: String,
+    },
     /// A file or process operation failed.
     #[error("cannot {action}: {source}")]
     Io {
@@ -190,16 +204,19 @@ pub trait Driver: Send + Sync {
 pub enum DriverConfig {
     /// This Linux machine itself.
     Native(native::NativeConfig),
+    /// A QEMU VM booted from Berth's guest image.
+    Qemu(qemu::QemuConfig),
 }
 
 impl DriverConfig {
     /// Names of all drivers, as `--driver` takes them.
-    pub const NAMES: &'static [&'static str] = &[native::NAME];
+    pub const NAMES: &'static [&'static str] = &[native::NAME, qemu::NAME];
 
     /// The driver's name.
     pub fn name(&self) -> &'static str {
         match self {
             DriverConfig::Native(_) => native::NAME,
+            DriverConfig::Qemu(_) => qemu::NAME,
         }
     }
 
@@ -207,6 +224,7 @@ impl DriverConfig {
     pub fn default_for(name: &str) -> Option<Self> {
         match name {
             native::NAME => Some(DriverConfig::Native(native::NativeConfig::default())),
+            qemu::NAME => Some(DriverConfig::Qemu(qemu::QemuConfig::default())),
             _ => None,
         }
     }
@@ -217,6 +235,7 @@ impl DriverConfig {
             DriverConfig::Native(config) => {
                 Box::new(native::NativeDriver::new(config.clone(), context))
             }
+            DriverConfig::Qemu(config) => Box::new(qemu::QemuDriver::new(config.clone(), context)),
         }
     }
 }

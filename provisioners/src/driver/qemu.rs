@@ -1,0 +1,592 @@
+//! The `qemu` driver: the container host is a lightweight VM booted from
+//! Berth's guest image (a kernel and an initramfs whose `/init` is
+//! `berth-agent`), with a persistent qcow2 data disk.
+//!
+//! ```text
+//! <machine dir>/image/         the guest image, copied at create (image.json, vmlinuz, initramfs.gz)
+//! <machine dir>/disk.qcow2     the data disk (ext4, formatted by the guest on first boot)
+//! <machine dir>/qemu.pid       QEMU's pid while it runs
+//! <machine dir>/qmp.sock       QMP: state, powerdown, quit
+//! <machine dir>/link.sock      the virtio-serial port to the agent (QEMU listens)
+//! <machine dir>/console.log    the guest's serial console, since its last start
+//! <machine dir>/agent.sock     the agent's gRPC, served by the supervisor
+//! <machine dir>/docker.sock    the Docker API, served by the supervisor
+//! ```
+//!
+//! QEMU runs daemonized and outlives `berth`; the supervisor (see
+//! [`crate::supervisor`]) holds the link and serves the sockets. A boot
+//! watchdog bounds every start: an agent that does not answer in time ends
+//! the VM and the error quotes the console.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_guest_image as berth_image;
+use berth_proto::link::Address;
+use serde::{Deserialize, Serialize};
+
+use super::{DockerEndpoint, Driver, DriverError, Endpoint, MachineContext, MachineState};
+
+/// The driver's name.
+pub const NAME: &str = "qemu";
+
+/// The environment variable naming the guest image directory, overriding
+/// the search next to `berth`.
+pub const IMAGE_ENV: &str = "BERTH_GUEST_IMAGE";
+
+/// The environment variable naming the QEMU program to run.
+pub const QEMU_ENV: &str = "BERTH_QEMU";
+
+/// The name of the virtio-serial port the agent listens on (the guest
+/// looks for it by this name).
+pub const LINK_PORT_NAME: &str = "org.berth.agent.0";
+
+/// The data disk's serial, by which the guest finds it.
+const DISK_SERIAL: &str = "berth-data";
+
+/// How long a graceful stop may take: the agent stops its containers,
+/// syncs and powers off.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long QEMU may take to exit after `quit` or SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many console lines a failed start quotes.
+const CONSOLE_TAIL_LINES: usize = 12;
+
+/// The longest socket path a `sockaddr_un` holds, without its NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// The platform's own where it is usable (KVM on Linux, HVF on macOS,
+    /// WHPX on Windows), TCG otherwise.
+    #[default]
+    Auto,
+    /// Linux KVM.
+    Kvm,
+    /// macOS Hypervisor.framework.
+    Hvf,
+    /// Windows Hypervisor Platform.
+    Whpx,
+    /// QEMU's emulation: slow, works everywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// Parses `--qemu-accel`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Accel::Auto),
+            "kvm" => Some(Accel::Kvm),
+            "hvf" => Some(Accel::Hvf),
+            "whpx" => Some(Accel::Whpx),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+
+    /// The name QEMU's `-accel` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Hvf => "hvf",
+            Accel::Whpx => "whpx",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// The accelerator `Auto` means on this machine.
+    pub fn resolve(self) -> Accel {
+        if self != Accel::Auto {
+            return self;
+        }
+        if cfg!(target_os = "linux") {
+            let usable = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok();
+            if usable {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        } else if cfg!(target_os = "macos") {
+            Accel::Hvf
+        } else if cfg!(windows) {
+            Accel::Whpx
+        } else {
+            Accel::Tcg
+        }
+    }
+}
+
+/// Settings of a qemu machine, as saved in `machine.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QemuConfig {
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u32,
+    /// The data disk's size in GiB.
+    pub disk_size_gb: u32,
+    /// The accelerator asked for.
+    pub accel: Accel,
+    /// How long a start may take until the agent answers, in seconds.
+    pub boot_timeout_secs: u64,
+    /// Registries the engine reaches over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// The guest image's digest, recorded at create.
+    #[serde(default)]
+    pub image_digest: String,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            cpus: 2,
+            memory_mb: 2048,
+            disk_size_gb: 20,
+            accel: Accel::Auto,
+            boot_timeout_secs: 120,
+            insecure_registries: Vec::new(),
+            image_digest: String::new(),
+        }
+    }
+}
+
+/// Drives a QEMU VM.
+#[derive(Debug)]
+pub struct QemuDriver {
+    config: QemuConfig,
+    context: MachineContext,
+}
+
+/// Paths of a machine's files.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The machine's directory.
+    pub dir: PathBuf,
+}
+
+impl Files {
+    /// The guest image copy.
+    pub fn image(&self) -> PathBuf {
+        self.dir.join("image")
+    }
+    /// The data disk.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    /// QEMU's pid file.
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    /// QMP's socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    /// The virtio-serial link's socket.
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("link.sock")
+    }
+    /// The serial console's log.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// The agent's gRPC, as the supervisor serves it.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    /// The Docker API, as the supervisor serves it.
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+    /// The supervisor's lock (held while it runs) and pid.
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.dir.join("supervisor.lock")
+    }
+    /// The supervisor's log.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+}
+
+impl QemuDriver {
+    /// The driver for the machine in `context`.
+    pub fn new(config: QemuConfig, context: MachineContext) -> Self {
+        QemuDriver { config, context }
+    }
+
+    fn files(&self) -> Files {
+        Files {
+            dir: self.context.dir.clone(),
+        }
+    }
+
+    /// The kernel command line for this machine.
+    fn kernel_cmdline(&self) -> String {
+        let mut line = format!(
+            "console=ttyS0 quiet loglevel=3 panic=-1 berth.hostname={} berth.disk={DISK_SERIAL}",
+            self.context.name
+        );
+        for registry in &self.config.insecure_registries {
+            line.push_str(&format!(" berth.insecure_registry={registry}"));
+        }
+        line
+    }
+
+    /// QEMU's command line for this machine.
+    fn qemu_args(&self, accel: Accel) -> Vec<String> {
+        let f = self.files();
+        let p = |path: PathBuf| path.display().to_string();
+        let mut args = vec![
+            "-name".into(),
+            format!("berth-{}", self.context.name),
+            "-machine".into(),
+            "q35".into(),
+            "-accel".into(),
+            accel.name().into(),
+            "-cpu".into(),
+            if accel == Accel::Tcg { "max" } else { "host" }.into(),
+            "-smp".into(),
+            self.config.cpus.to_string(),
+            "-m".into(),
+            format!("{}M", self.config.memory_mb),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-daemonize".into(),
+            "-pidfile".into(),
+            p(f.pid()),
+            "-kernel".into(),
+            p(f.image().join(berth_image::KERNEL)),
+            "-initrd".into(),
+            p(f.image().join(berth_image::INITRAMFS)),
+            "-append".into(),
+            self.kernel_cmdline(),
+            "-chardev".into(),
+            format!("file,id=console,path={}", p(f.console())),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!("socket,id=link,path={},server=on,wait=off", p(f.link())),
+            "-device".into(),
+            format!("virtserialport,chardev=link,name={LINK_PORT_NAME}"),
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=data,format=qcow2,discard=unmap",
+                p(f.disk())
+            ),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=data,serial={DISK_SERIAL}"),
+            "-netdev".into(),
+            "user,id=net0".into(),
+            "-device".into(),
+            "virtio-net-pci,netdev=net0".into(),
+            "-device".into(),
+            "virtio-rng-pci".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p(f.qmp())),
+        ];
+        if accel == Accel::Tcg {
+            // One host thread per vCPU where the guest allows it.
+            args[5] = "tcg,thread=multi".into();
+        }
+        args
+    }
+
+    fn console_tail(&self) -> String {
+        tail(&self.files().console(), CONSOLE_TAIL_LINES)
+    }
+}
+
+/// The guest architecture matching this host.
+fn guest_arch() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "aarch64"
+    } else {
+        "x86_64"
+    }
+}
+
+/// The QEMU program for the guest architecture: `$BERTH_QEMU`, else
+/// `qemu-system-ARCH` on `PATH`.
+fn find_qemu() -> Result<PathBuf, DriverError> {
+    if let Some(path) = std::env::var_os(QEMU_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let name = format!(
+        "qemu-system-{}{}",
+        guest_arch(),
+        std::env::consts::EXE_SUFFIX
+    );
+    find_on_path(&name).ok_or_else(|| {
+        DriverError::PreCreate(format!(
+            "{name} was not found on PATH: install QEMU (Debian: apt-get install qemu-system-x86; \
+             macOS: brew install qemu) or set {QEMU_ENV}"
+        ))
+    })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The guest image directory: `$BERTH_GUEST_IMAGE`, else `guest-image/ARCH`
+/// beside `berth` or one level up (a cargo target directory), else
+/// `share/berth/guest-image/ARCH` of the installation.
+pub fn find_image() -> Result<PathBuf, DriverError> {
+    if let Some(dir) = std::env::var_os(IMAGE_ENV) {
+        let dir = PathBuf::from(dir);
+        return if dir.join(berth_image::MANIFEST).is_file() {
+            Ok(dir)
+        } else {
+            Err(DriverError::PreCreate(format!(
+                "{IMAGE_ENV}={} holds no guest image ({} is missing)",
+                dir.display(),
+                berth_image::MANIFEST
+            )))
+        };
+    }
+    let arch = guest_arch();
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned));
+    let candidates = exe_dir.iter().flat_map(|d| {
+        [
+            d.join("guest-image").join(arch),
+            d.join("../guest-image").join(arch),
+            d.join("../share/berth/guest-image").join(arch),
+        ]
+    });
+    for dir in candidates {
+        if dir.join(berth_image::MANIFEST).is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(DriverError::PreCreate(format!(
+        "no guest image for {arch}: build it with scripts/build-guest-image, or set {IMAGE_ENV}"
+    )))
+}
+
+/// The last `lines` non-empty lines of a file, joined with newlines.
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n  ");
+            if tail.is_empty() {
+                "(the console is empty: the kernel printed nothing)".to_owned()
+            } else {
+                format!("  {tail}")
+            }
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// What to suggest when a VM does not come up with `accel`.
+fn boot_hint(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Tcg => "TCG is slow: a loaded machine may need a longer --qemu-boot-timeout",
+        _ => "the accelerator may not work here (e.g. nested virtualization): try --qemu-accel tcg",
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for QemuDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn pre_create_check(&self) -> Result<(), DriverError> {
+        platform::supported()?;
+        let files = self.files();
+        for socket in [
+            files.link(),
+            files.qmp(),
+            files.agent_socket(),
+            files.docker_socket(),
+        ] {
+            let len = socket.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(DriverError::PreCreate(format!(
+                    "the machine's socket path {} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH}: \
+                     set BERTH_HOME to a shorter directory",
+                    socket.display()
+                )));
+            }
+        }
+        if self.config.cpus == 0 || self.config.memory_mb < 256 || self.config.disk_size_gb == 0 {
+            return Err(DriverError::PreCreate(
+                "a qemu machine needs at least 1 CPU, 256 MB of memory and a 1 GB disk".into(),
+            ));
+        }
+        find_qemu()?;
+        find_on_path(&format!("qemu-img{}", std::env::consts::EXE_SUFFIX)).ok_or_else(|| {
+            DriverError::PreCreate(
+                "qemu-img was not found on PATH: install QEMU's tools (Debian: qemu-utils)".into(),
+            )
+        })?;
+        let image = find_image()?;
+        platform::verify_image(&image)?;
+        let accel = self.config.accel.resolve();
+        if accel == Accel::Kvm && !Path::new("/dev/kvm").exists() {
+            return Err(DriverError::PreCreate(
+                "--qemu-accel kvm needs /dev/kvm, which this machine lacks: use --qemu-accel tcg"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn create(&self) -> Result<(), DriverError> {
+        let files = self.files();
+        let image = find_image()?;
+        platform::copy_image(&image, &files.image())?;
+        platform::make_disk(&files.disk(), self.config.disk_size_gb).await?;
+        self.start().await
+    }
+
+    async fn start(&self) -> Result<(), DriverError> {
+        let files = self.files();
+        let accel = self.config.accel.resolve();
+        if !platform::qemu_running(&files)? {
+            let qemu = find_qemu()?;
+            platform::launch(&qemu, &self.qemu_args(accel), &files).await?;
+        }
+        platform::ensure_supervisor(&files)?;
+        let timeout = Duration::from_secs(self.config.boot_timeout_secs);
+        if let Err(e) = platform::wait_ready(&files, timeout).await {
+            // The watchdog: a VM that does not come up is ended, never
+            // left spinning.
+            let console = self.console_tail();
+            let _ = platform::kill(&files, KILL_TIMEOUT).await;
+            return Err(DriverError::BootFailed {
+                reason: e.to_string(),
+                console,
+                hint: boot_hint(accel).to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<(), DriverError> {
+        platform::stop(&self.files(), STOP_TIMEOUT, KILL_TIMEOUT).await
+    }
+
+    async fn kill(&self) -> Result<(), DriverError> {
+        platform::kill(&self.files(), KILL_TIMEOUT).await
+    }
+
+    async fn remove(&self) -> Result<(), DriverError> {
+        platform::kill(&self.files(), KILL_TIMEOUT).await
+    }
+
+    async fn state(&self) -> Result<MachineState, DriverError> {
+        platform::state(&self.files()).await
+    }
+
+    async fn ip(&self) -> Result<String, DriverError> {
+        // QEMU's user network is private to the VM; what it publishes, the
+        // supervisor forwards to this machine's loopback.
+        Ok("127.0.0.1".to_owned())
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        let files = self.files();
+        Endpoint {
+            agent: Address::Unix(files.agent_socket()),
+            docker: DockerEndpoint {
+                url: format!("unix://{}", files.docker_socket().display()),
+                tls: false,
+            },
+        }
+    }
+}
+
+#[cfg(unix)]
+mod platform;
+
+#[cfg(not(unix))]
+#[path = "qemu/unsupported.rs"]
+mod platform;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(config: QemuConfig) -> QemuDriver {
+        QemuDriver::new(
+            config,
+            MachineContext {
+                name: "dev".into(),
+                dir: "/m/dev".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn command_line_names_every_part() {
+        let d = driver(QemuConfig {
+            insecure_registries: vec!["10.0.2.2:5000".into()],
+            ..QemuConfig::default()
+        });
+        let args = d.qemu_args(Accel::Tcg).join(" ");
+        for part in [
+            "-accel tcg,thread=multi",
+            "-cpu max",
+            "-m 2048M",
+            "-smp 2",
+            "-kernel /m/dev/image/vmlinuz",
+            "-initrd /m/dev/image/initramfs.gz",
+            "socket,id=link,path=/m/dev/link.sock,server=on,wait=off",
+            "virtserialport,chardev=link,name=org.berth.agent.0",
+            "file=/m/dev/disk.qcow2,if=none",
+            "serial=berth-data",
+            "-qmp unix:/m/dev/qmp.sock,server=on,wait=off",
+            "-daemonize -pidfile /m/dev/qemu.pid",
+        ] {
+            assert!(args.contains(part), "{part} missing from {args}");
+        }
+        assert!(d.kernel_cmdline().contains(
+            "berth.hostname=dev berth.disk=berth-data berth.insecure_registry=10.0.2.2:5000"
+        ));
+        assert!(driver(QemuConfig::default())
+            .qemu_args(Accel::Kvm)
+            .join(" ")
+            .contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn accel_names_round_trip() {
+        for a in [Accel::Auto, Accel::Kvm, Accel::Hvf, Accel::Whpx, Accel::Tcg] {
+            assert_eq!(Accel::parse(a.name()), Some(a));
+        }
+        assert_eq!(Accel::parse("xen"), None);
+        assert_eq!(Accel::Tcg.resolve(), Accel::Tcg);
+        assert_ne!(Accel::Auto.resolve(), Accel::Auto);
+    }
+
+    #[test]
+    fn the_hint_depends_on_the_accelerator() {
+        assert!(boot_hint(Accel::Kvm).contains("--qemu-accel tcg"));
+        assert!(boot_hint(Accel::Tcg).contains("--qemu-boot-timeout"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The per-machine supervisor of a VM: a detached `berth` process (the
+//! hidden verb [`COMMAND`]) that holds the one link to the guest's agent
+//! and serves the machine's sockets on this host:
+//!
+//! - `<machine dir>/docker.sock` — each connection becomes a tunnel to the
+//!   guest's Docker API, so `DOCKER_HOST=unix://…` works;
+//! - `<machine dir>/agent.sock` — each connection becomes a tunnel to the
+//!   agent's own gRPC socket, for `berth` (ssh, version, stop).
+//!
+//! All of it rides one HTTP/2 connection over the virtio-serial port
+//! (`link.sock`, which QEMU serves); the channel re-dials when the link
+//! breaks, e.g. after the guest's agent restarted. The supervisor holds
+//! `supervisor.lock` (with its pid) while it runs, exits when QEMU is gone
+//! or on SIGTERM, and removes its sockets. If it dies the VM runs on, and
+//! `berth start` starts a new one.
+
+use std::path::{Path, PathBuf};
+
+/// The hidden `berth` verb that runs a supervisor: `berth COMMAND DIR`.
+pub const COMMAND: &str = "__supervise";
+
+/// Errors that end a supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// Another supervisor holds this machine.
+    #[error("another supervisor runs for {0}")]
+    AlreadyRunning(PathBuf),
+    /// A file or socket operation failed.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// This platform has no supervisor yet.
+    #[error("the supervisor is not supported on this platform")]
+    Unsupported,
+}
+
+/// Runs the supervisor for the machine in `dir` until QEMU exits or
+/// SIGTERM.
+pub async fn run(dir: &Path) -> Result<(), SupervisorError> {
+    imp::run(dir).await
+}
+
+#[cfg(unix)]
+mod imp {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use berth_proto::link::{self, tunnel, UnixConnector};
+    use berth_proto::pb::tunnel_open::Target;
+    use berth_proto::pb::{TunnelOpen, TunnelService};
+    use tokio::net::UnixListener;
+    use tonic::transport::Channel;
+
+    use super::SupervisorError;
+    use crate::driver::qemu::Files;
+
+    /// How often the supervisor checks that QEMU still runs.
+    const QEMU_CHECK: Duration = Duration::from_secs(1);
+
+    fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorError {
+        let action = action.into();
+        move |source| SupervisorError::Io { action, source }
+    }
+
+    pub(super) async fn run(dir: &Path) -> Result<(), SupervisorError> {
+        let files = Files {
+            dir: dir.to_owned(),
+        };
+        let mut lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(files.supervisor_lock())
+            .map_err(io(format!("open {}", files.supervisor_lock().display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SupervisorError::AlreadyRunning(dir.to_owned()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io("lock the machine")(e)),
+        }
+        lock.set_len(0).map_err(io("write the supervisor's pid"))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io("write the supervisor's pid"))?;
+
+        let connector = UnixConnector::new(files.link())
+            .map_err(|e| io("open the link")(std::io::Error::other(e)))?;
+        let channel = link::held_channel(connector);
+        let docker = listen(&files.docker_socket())?;
+        let agent = listen(&files.agent_socket())?;
+        tracing::info!(dir = %dir.display(), "supervising");
+        let service = |s: TunnelService| TunnelOpen {
+            target: Some(Target::Service(s as i32)),
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(io("handle SIGTERM"))?;
+        tokio::select! {
+            _ = serve(docker, channel.clone(), service(TunnelService::Docker)) => {}
+            _ = serve(agent, channel.clone(), service(TunnelService::Agent)) => {}
+            _ = qemu_gone(&files) => tracing::info!("QEMU has exited"),
+            _ = term.recv() => tracing::info!("SIGTERM"),
+        }
+        for socket in [files.docker_socket(), files.agent_socket()] {
+            let _ = fs::remove_file(socket);
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    fn listen(path: &Path) -> Result<UnixListener, SupervisorError> {
+        // Only a supervisor serves these paths, and only one at a time (the
+        // lock): what is there is a stale socket of a dead one.
+        let _ = fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).map_err(io(format!("listen on {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("restrict {}", path.display())))?;
+        Ok(listener)
+    }
+
+    async fn serve(listener: UnixListener, channel: Channel, target: TunnelOpen) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let channel = channel.clone();
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tunnel::open(channel, target, stream).await {
+                            tracing::debug!("tunnel ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn qemu_gone(files: &Files) {
+        loop {
+            tokio::time::sleep(QEMU_CHECK).await;
+            let alive = fs::read_to_string(files.pid())
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .is_some_and(|pid| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                });
+            if !alive {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod imp {
+    use std::path::Path;
+
+    use super::SupervisorError;
+
+    pub(super) async fn run(_: &Path) -> Result<(), SupervisorError> {
+        Err(SupervisorError::Unsupported)
+    }
+}

@@ -1,0 +1,256 @@
+//! QEMU machines end to end, under TCG (nested KVM hangs on CI's hosts):
+//! the guest image built by scripts/build-guest-image, `berth create
+//! --driver qemu`, `berth ssh` through the agent, the stock docker CLI
+//! through the supervisor's socket pulling from the host's registry over
+//! QEMU's user network, stop/start keeping the data disk, the supervisor
+//! re-attached, two machines at once, `rm` leaving nothing; and the boot
+//! watchdog ending a VM that never comes up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_guest_image::cpio::{Archive, Node};
+use berth_tests::docker::{busybox_root, docker_cli};
+use berth_tests::registry::{Layout, Registry};
+use berth_tests::{bin, process_gone, Berth};
+
+/// The image scripts/build-guest-image writes beside the binaries.
+fn guest_image() -> PathBuf {
+    let dir = bin("berth").parent().unwrap().join("../guest-image/x86_64");
+    assert!(
+        dir.join("image.json").is_file(),
+        "no guest image at {}: run scripts/build-guest-image first (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "create",
+        "--driver",
+        "qemu",
+        "--qemu-accel",
+        "tcg",
+        "--memory",
+        "768",
+        "--cpus",
+        "1",
+        "--disk-size",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args.push(name);
+    args
+}
+
+fn docker(berth: &Berth, name: &str, args: &[&str]) -> std::process::Output {
+    let url = berth.ok(&["url", name]);
+    Command::new(docker_cli())
+        .args(args)
+        .env("DOCKER_HOST", url.trim())
+        .env("DOCKER_CONFIG", berth.home().join("docker-config"))
+        .output()
+        .unwrap()
+}
+
+fn docker_ok(berth: &Berth, name: &str, args: &[&str]) -> String {
+    let out = docker(berth, name, args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn pid_in(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn qemu_machine_lifecycle() {
+    let _ = guest_image();
+    let registry = Registry::start();
+    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    let port = registry.host.rsplit(':').next().unwrap().to_owned();
+    // The guest reaches the host's loopback as 10.0.2.2 (QEMU's user net).
+    let guest_registry = format!("10.0.2.2:{port}");
+    let image = format!("{guest_registry}/busybox");
+
+    let berth = Berth::new();
+    berth.ok(&create_args(
+        "vm",
+        &["--engine-insecure-registry", &guest_registry],
+    ));
+    let dir = berth.machine_dir("vm");
+    assert_eq!(berth.ok(&["status", "vm"]), "Running\n");
+    assert_eq!(
+        berth.ok(&["url", "vm"]).trim(),
+        format!("unix://{}", dir.join("docker.sock").display())
+    );
+
+    // berth ssh: a command through the agent, its output and exit status.
+    let uname = berth.ok(&["ssh", "vm", "--", "uname", "-a"]);
+    assert!(uname.starts_with("Linux vm "), "{uname}");
+    let out = berth.run(&["ssh", "vm", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // The stock docker CLI, the image pulled by the guest from the host.
+    docker_ok(&berth, "vm", &["pull", "-q", &image]);
+    assert_eq!(
+        docker_ok(&berth, "vm", &["run", "--rm", &image, "echo", "hi"]),
+        "hi\n"
+    );
+    let out = docker(&berth, "vm", &["run", "--rm", &image, "sh", "-c", "exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+
+    // Stop is graceful; the data disk keeps the image across a start.
+    let qemu = pid_in(&dir.join("qemu.pid"));
+    berth.ok(&["stop", "vm"]);
+    assert_eq!(berth.ok(&["status", "vm"]), "Stopped\n");
+    assert!(process_gone(qemu));
+    assert!(!dir.join("docker.sock").exists());
+    berth.ok(&["start", "vm"]);
+    let images = docker_ok(&berth, "vm", &["images", "--format", "{{.Repository}}"]);
+    assert!(images.contains(&image), "{images}");
+
+    // The supervisor dies; the VM runs on and `start` re-attaches.
+    let supervisor = pid_in(&dir.join("supervisor.lock"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !process_gone(supervisor) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(berth.ok(&["status", "vm"]), "Error\n");
+    berth.ok(&["start", "vm"]);
+    assert_eq!(
+        docker_ok(&berth, "vm", &["run", "--rm", &image, "echo", "again"]),
+        "again\n"
+    );
+
+    // A second machine beside the first.
+    berth.ok(&create_args("vm2", &[]));
+    assert!(berth
+        .ok(&["ssh", "vm2", "--", "hostname"])
+        .starts_with("vm2"));
+    assert!(berth.ok(&["ssh", "vm", "--", "hostname"]).starts_with("vm"));
+
+    // rm leaves nothing: no process, no file.
+    let qemu = pid_in(&dir.join("qemu.pid"));
+    let supervisor = pid_in(&dir.join("supervisor.lock"));
+    berth.ok(&["rm", "-f", "vm", "vm2"]);
+    assert!(!dir.exists());
+    assert!(!berth.machine_dir("vm2").exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(process_gone(qemu) && process_gone(supervisor)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_gone(qemu) && process_gone(supervisor));
+}
+
+/// An image whose kernel is real but whose /init never serves.
+fn silent_image(dir: &Path) {
+    let real = guest_image();
+    let mut archive = Archive::new();
+    archive.add("dev/console", Node::CharDevice(5, 1), 0o600);
+    archive.add(
+        "init",
+        Node::File(std::fs::read("/bin/busybox").unwrap()),
+        0o755,
+    );
+    let mut cpio = Vec::new();
+    archive.write_to(&mut cpio).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(real.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+    std::fs::write(dir.join("initramfs.gz"), berth_tests::registry::gzip(&cpio)).unwrap();
+    let file = |name: &str| {
+        let data = std::fs::read(dir.join(name)).unwrap();
+        serde_json::json!({"file": name, "digest": berth_guest_image::sha256(&data), "size": data.len()})
+    };
+    let manifest = serde_json::json!({
+        "arch": "x86_64",
+        "kernel_release": "test",
+        "kernel": file("vmlinuz"),
+        "initramfs": file("initramfs.gz"),
+        "digest": "sha256:0",
+    });
+    std::fs::write(dir.join("image.json"), manifest.to_string()).unwrap();
+}
+
+#[test]
+fn the_watchdog_ends_a_vm_that_never_comes_up() {
+    let berth = Berth::new();
+    let image = berth.home().join("silent-image");
+    silent_image(&image);
+    let started = Instant::now();
+    let out = berth
+        .command(create_args("mute", &["--qemu-boot-timeout", "8"]))
+        .env("BERTH_GUEST_IMAGE", &image)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not come up"), "{err}");
+    assert!(err.contains("console ends with"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+    // Nothing half-made is left: no machine, no QEMU.
+    assert!(!berth.machine_dir("mute").exists());
+    assert_eq!(berth.ok(&["ls", "-q"]), "");
+    let qemus = Command::new("pgrep")
+        .args(["-f", &image.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        qemus.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&qemus.stdout)
+    );
+}
+
+#[test]
+fn bad_qemu_flags_are_refused_before_anything_is_made() {
+    let berth = Berth::new();
+    let err = berth.fails(&["create", "--driver", "qemu", "--qemu-accel", "warp", "x"]);
+    assert!(err.contains("unknown --qemu-accel"), "{err}");
+    let err = berth.fails(&["create", "--cpus", "2", "x"]);
+    assert!(
+        err.contains("--cpus does not apply to the native driver"),
+        "{err}"
+    );
+    let err = berth.fails_with(
+        3,
+        &[
+            "create",
+            "--driver",
+            "qemu",
+            "--qemu-accel",
+            "tcg",
+            "--memory",
+            "16",
+            "y",
+        ],
+    );
+    assert!(err.contains("at least"), "{err}");
+    let out = berth
+        .command(create_args("z", &[]))
+        .env("BERTH_GUEST_IMAGE", berth.home())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no guest image"));
+    assert_eq!(berth.ok(&["ls", "-q"]), "");
+}
