@@ -129,7 +129,10 @@ mod tests {
         let data = std::fs::read(&exe).unwrap();
         let needs = needs(&data, &exe).unwrap();
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
-            assert!(needs.interpreter.is_some_and(|i| i.contains("ld-")));
+            assert!(needs
+                .interpreter
+                .as_ref()
+                .is_some_and(|i| i.contains("ld-")));
             assert!(
                 needs.libraries.iter().any(|l| l.starts_with("libc.so")),
                 "{needs:?}"

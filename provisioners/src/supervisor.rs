@@ -129,7 +129,6 @@ mod imp {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let channel = channel.clone();
-                    let target = target.clone();
                     tokio::spawn(async move {
                         if let Err(e) = tunnel::open(channel, target, stream).await {
                             tracing::debug!("tunnel ended: {e}");

@@ -40,7 +40,8 @@ ensure_rust_targets() {
 # What building and testing Berth needs from Debian: a C toolchain for
 # crates with build scripts, the shells and process tools the tests drive.
 BUILD_PACKAGES=(build-essential pkg-config)
-TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo apache2-utils openssl bsdutils)
+TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo apache2-utils openssl bsdutils
+  qemu-system-x86 qemu-utils)
 
 # ensure_docker_cli: the stock docker client the Engine API is tested
 # against; Debian's docker.io when none is on PATH.

@@ -122,7 +122,7 @@ fn set_up(socket: &OwnedFd, link: &str) -> io::Result<()> {
     let mut req = ifreq(link)?;
     ioctl(
         socket,
-        nix::libc::SIOCGIFFLAGS as u64,
+        nix::libc::SIOCGIFFLAGS,
         (&mut req as *mut nix::libc::ifreq).cast(),
         &format!("read the flags of {link}"),
     )?;
@@ -132,7 +132,7 @@ fn set_up(socket: &OwnedFd, link: &str) -> io::Result<()> {
     }
     ioctl(
         socket,
-        nix::libc::SIOCSIFFLAGS as u64,
+        nix::libc::SIOCSIFFLAGS,
         (&mut req as *mut nix::libc::ifreq).cast(),
         &format!("bring {link} up"),
     )
@@ -143,7 +143,7 @@ fn set_address(socket: &OwnedFd, link: &str, address: Ipv4Addr, prefix: u8) -> i
     req.ifr_ifru.ifru_addr = sockaddr(address);
     ioctl(
         socket,
-        nix::libc::SIOCSIFADDR as u64,
+        nix::libc::SIOCSIFADDR,
         (&mut req as *mut nix::libc::ifreq).cast(),
         &format!("set the address of {link}"),
     )?;
@@ -156,7 +156,7 @@ fn set_address(socket: &OwnedFd, link: &str, address: Ipv4Addr, prefix: u8) -> i
     req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
     ioctl(
         socket,
-        nix::libc::SIOCSIFNETMASK as u64,
+        nix::libc::SIOCSIFNETMASK,
         (&mut req as *mut nix::libc::ifreq).cast(),
         &format!("set the netmask of {link}"),
     )
@@ -171,7 +171,7 @@ fn add_default_route(socket: &OwnedFd, gateway: Ipv4Addr) -> io::Result<()> {
     route.rt_flags = nix::libc::RTF_UP | nix::libc::RTF_GATEWAY;
     match ioctl(
         socket,
-        nix::libc::SIOCADDRT as u64,
+        nix::libc::SIOCADDRT,
         (&mut route as *mut nix::libc::rtentry).cast(),
         "add the default route",
     ) {

@@ -47,7 +47,7 @@ pub fn leave_initramfs() -> io::Result<()> {
     nix::unistd::chroot(".").map_err(io::Error::from)?;
     std::env::set_current_dir("/")?;
     let init = CString::new("/init").expect("no NUL in a literal");
-    let err = nix::unistd::execv(&init, &[init.clone()]).unwrap_err();
+    let err = nix::unistd::execv(&init, std::slice::from_ref(&init)).unwrap_err();
     Err(io::Error::other(format!(
         "cannot execute /init in the new root: {err}"
     )))

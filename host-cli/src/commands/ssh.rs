@@ -85,7 +85,7 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
                 }
                 Ok(n) => {
                     let frame = ExecInput {
-                        kind: Some(In::Stdin(buf[..n].to_vec().into())),
+                        kind: Some(In::Stdin(buf[..n].to_vec())),
                     };
                     if stdin_tx.send(frame).await.is_err() {
                         return;

@@ -78,7 +78,7 @@ where
                 return Ok::<_, io::Error>(());
             }
             let frame = TunnelFrame {
-                kind: Some(Kind::Data(buf[..n].to_vec().into())),
+                kind: Some(Kind::Data(buf[..n].to_vec())),
             };
             if outgoing.send(wrap(frame)).await.is_err() {
                 // The peer has ended the call; nothing more can be sent.

@@ -112,8 +112,8 @@ async fn on_pipes(
     };
     let outputs = async {
         tokio::join!(
-            forward(stdout, tx, |b| Out::Stdout(b.into())),
-            forward(stderr, tx, |b| Out::Stderr(b.into())),
+            forward(stdout, tx, Out::Stdout),
+            forward(stderr, tx, Out::Stderr),
         )
     };
     // The client may never close its input; the command ending with its
@@ -188,7 +188,7 @@ async fn on_terminal(
                 Ok(n) => n,
             };
             let frame = ExecOutput {
-                kind: Some(Out::Stdout(buf[..n].to_vec().into())),
+                kind: Some(Out::Stdout(buf[..n].to_vec())),
             };
             if tx.send(Ok(frame)).await.is_err() {
                 return;
@@ -198,11 +198,8 @@ async fn on_terminal(
     let feed = async {
         while let Some(Ok(frame)) = input.next().await {
             match frame.kind {
-                Some(In::Stdin(data)) => {
-                    if writer.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Some(In::Stdin(data)) if writer.write_all(&data).await.is_err() => break,
+                Some(In::Stdin(_)) => {}
                 Some(In::Resize(size)) => resize(master_fd, &size),
                 // A terminal has no separate end of input: ^D is the user's.
                 _ => {}
