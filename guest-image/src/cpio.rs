@@ -175,7 +175,7 @@ mod tests {
         let console = text.find("dev/console").unwrap();
         let header = &text[console - 110..console];
         assert_eq!(&header[78..94], "0000000500000001");
-        assert_eq!(&header[14..22], "000021b0"); // S_IFCHR | 0600
+        assert_eq!(&header[14..22], "00002180"); // S_IFCHR | 0600
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Log into a machine, or run a command on it.
     Ssh(SshArgs),
+    /// Copy files between this machine and a machine (NAME:PATH).
+    Scp(ScpArgs),
     /// Hold a VM's link and serve its sockets (started by berth itself).
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -97,6 +99,18 @@ pub struct SshArgs {
     /// The command to run (after `--`); none for an interactive shell.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Arguments of `scp`.
+#[derive(Debug, Args)]
+pub struct ScpArgs {
+    /// Copy directories with all they hold.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    /// What to copy: a local path or NAME:PATH.
+    pub source: String,
+    /// Where to: a local path or NAME:PATH.
+    pub destination: String,
 }
 
 /// Arguments of the hidden supervisor verb.

@@ -7,6 +7,7 @@
 //!
 //! - [`pb`] — the generated messages, client and server.
 //! - [`link`] — agent addresses and the connectors that reach them.
+//! - [`copy`] — the tar form of `berth scp` copies, packed and placed.
 
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod pb {
     tonic::include_proto!("berth.agent.v1");
 }
 
+pub mod copy;
 pub mod link;
 
 /// The protocol version this crate speaks, sent in `PingResponse.protocol`.

@@ -5,7 +5,10 @@
 //! - `<machine dir>/docker.sock` — each connection becomes a tunnel to the
 //!   guest's Docker API, so `DOCKER_HOST=unix://…` works;
 //! - `<machine dir>/agent.sock` — each connection becomes a tunnel to the
-//!   agent's own gRPC socket, for `berth` (ssh, version, stop).
+//!   agent's own gRPC socket, for `berth` (ssh, version, stop);
+//! - `127.0.0.1:PORT` for every TCP port listening in the guest (published
+//!   container ports among them), opened and closed as the agent reports
+//!   them; a port taken on this machine is skipped with a warning.
 //!
 //! All of it rides one HTTP/2 connection over the virtio-serial port
 //! (`link.sock`, which QEMU serves); the channel re-dials when the link
@@ -54,8 +57,12 @@ mod imp {
 
     use berth_proto::link::{self, tunnel, UnixConnector};
     use berth_proto::pb::tunnel_open::Target;
-    use berth_proto::pb::{TunnelOpen, TunnelService};
-    use tokio::net::UnixListener;
+    use std::collections::BTreeMap;
+
+    use berth_proto::pb::agent_client::AgentClient;
+    use berth_proto::pb::{TunnelOpen, TunnelService, WatchPortsRequest};
+    use tokio::net::{TcpListener, UnixListener};
+    use tokio::task::JoinHandle;
     use tonic::transport::Channel;
 
     use super::SupervisorError;
@@ -103,6 +110,7 @@ mod imp {
         tokio::select! {
             _ = serve(docker, channel.clone(), service(TunnelService::Docker)) => {}
             _ = serve(agent, channel.clone(), service(TunnelService::Agent)) => {}
+            _ = forward_ports(channel.clone()) => {}
             _ = qemu_gone(&files) => tracing::info!("QEMU has exited"),
             _ = term.recv() => tracing::info!("SIGTERM"),
         }
@@ -137,6 +145,77 @@ mod imp {
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// How long to wait before asking the agent for its ports again after
+    /// the watch broke (the guest rebooting, the link re-dialling).
+    const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+    /// Keeps a listener on 127.0.0.1 for every port the guest listens on.
+    async fn forward_ports(channel: Channel) {
+        let mut open: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
+        loop {
+            let watch = AgentClient::new(channel.clone())
+                .watch_ports(WatchPortsRequest {})
+                .await;
+            if let Ok(response) = watch {
+                let mut updates = response.into_inner();
+                while let Ok(Some(ports)) = updates.message().await {
+                    let wanted: Vec<u16> = ports
+                        .tcp
+                        .iter()
+                        .filter_map(|p| u16::try_from(*p).ok())
+                        .collect();
+                    open.retain(|port, task| {
+                        let keep = wanted.contains(port);
+                        if !keep {
+                            task.abort();
+                            tracing::info!(port, "port closed in the guest; no longer forwarded");
+                        }
+                        keep
+                    });
+                    for port in wanted {
+                        if open.contains_key(&port) {
+                            continue;
+                        }
+                        match TcpListener::bind(("127.0.0.1", port)).await {
+                            Ok(listener) => {
+                                tracing::info!(port, "forwarding 127.0.0.1:{port} to the guest");
+                                open.insert(
+                                    port,
+                                    tokio::spawn(serve_tcp(listener, channel.clone(), port)),
+                                );
+                            }
+                            Err(e) => tracing::warn!(port, "cannot forward port {port}: {e}"),
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH_RETRY).await;
+        }
+    }
+
+    async fn serve_tcp(listener: TcpListener, channel: Channel, port: u16) {
+        let target = TunnelOpen {
+            target: Some(Target::TcpPort(u32::from(port))),
+        };
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let channel = channel.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tunnel::open(channel, target, stream).await {
+                            tracing::debug!(port, "forwarded connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on port {port}: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -140,6 +140,84 @@ fn qemu_machine_lifecycle() {
         "again\n"
     );
 
+    // berth scp both ways: a file, then a directory with -r.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("tree/sub")).unwrap();
+    std::fs::write(work.path().join("tree/top.txt"), "top\n").unwrap();
+    std::fs::write(work.path().join("tree/sub/deep.txt"), "deep\n").unwrap();
+    let tree = work.path().join("tree");
+    let top = tree.join("top.txt");
+    berth.ok(&["scp", top.to_str().unwrap(), "vm:/tmp/"]);
+    assert_eq!(
+        berth.ok(&["ssh", "vm", "--", "cat", "/tmp/top.txt"]),
+        "top\n"
+    );
+    let err = berth.fails(&["scp", tree.to_str().unwrap(), "vm:/tmp/"]);
+    assert!(err.contains("copy it with -r"), "{err}");
+    berth.ok(&["scp", "-r", tree.to_str().unwrap(), "vm:/tmp/copied"]);
+    assert_eq!(
+        berth.ok(&["ssh", "vm", "--", "cat", "/tmp/copied/sub/deep.txt"]),
+        "deep\n"
+    );
+    let back = work.path().join("back");
+    berth.ok(&["scp", "-r", "vm:/tmp/copied", back.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/deep.txt")).unwrap(),
+        "deep\n"
+    );
+    berth.ok(&["scp", "vm:/etc/hostname", work.path().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("hostname")).unwrap(),
+        "vm\n"
+    );
+    let err = berth.fails(&["scp", "vm:/no/such/file", work.path().to_str().unwrap()]);
+    assert!(err.contains("/no/such/file"), "{err}");
+
+    // A port that starts listening in the guest is forwarded to this
+    // machine's loopback, and closed again when it goes.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    berth.ok(&[
+        "ssh",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        &format!("mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p {port} -h /tmp/www"),
+    ]);
+    let get = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        match get() {
+            Some(body) if body.contains("forwarded") => break body,
+            _ if Instant::now() > deadline => panic!("port {port} was not forwarded"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains(" 200 "),
+        "{body}"
+    );
+    berth.ok(&["ssh", "vm", "--", "killall", "httpd"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still forwarded after its listener went"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A second machine beside the first.
     berth.ok(&create_args("vm2", &[]));
     assert!(berth

@@ -177,6 +177,17 @@ fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
         command.arg("--insecure-registry").arg(registry);
     }
     command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    // Init blocks the signals it waits for; the agent, and every container
+    // it starts, must not inherit that.
+    // SAFETY: between fork and exec the closure only calls
+    // pthread_sigmask(3) on a set built on the stack: async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
     match command.spawn() {
         Ok(child) => {
             info!(pid = child.id(), "berth-agent serve started");

@@ -20,6 +20,7 @@ mod env;
 mod lifecycle;
 mod ls;
 mod rm;
+mod scp;
 mod show;
 mod ssh;
 
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Version(args) => show::version(&store, args.name).await,
         Command::Completion(args) => completion(args.shell),
         Command::Ssh(args) => ssh::ssh(&store, args).await,
+        Command::Scp(args) => scp::scp(&store, args).await,
         Command::Supervise(args) => berth_provisioners::supervisor::run(&args.dir)
             .await
             .map_err(|e| CliError::Usage(e.to_string())),

@@ -1,6 +1,8 @@
 //! The gRPC service that `berth` calls (`berth.agent.v1.Agent`).
 //!
+//! - [`copy`] — files to and from the host (`berth scp`).
 //! - [`exec`] — commands on the host itself (`berth ssh`).
+//! - [`ports`] — the listening ports a VM's supervisor forwards.
 //! - [`tunnel`] — byte streams to the agent's services and to ports.
 
 use std::path::PathBuf;
@@ -9,8 +11,9 @@ use std::time::Instant;
 
 use berth_proto::pb::agent_server::Agent;
 use berth_proto::pb::{
-    ExecInput, ExecOutput, InfoRequest, InfoResponse, PingRequest, PingResponse, ShutdownRequest,
-    ShutdownResponse, TunnelFrame,
+    CopyData, CopyInFrame, CopyInResponse, CopyOutRequest, ExecInput, ExecOutput, InfoRequest,
+    InfoResponse, PingRequest, PingResponse, Ports, ShutdownRequest, ShutdownResponse, TunnelFrame,
+    WatchPortsRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,7 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::host_info;
 
+pub mod copy;
 pub mod exec;
+pub mod ports;
 pub mod tunnel;
 
 pub use tunnel::Targets;
@@ -115,6 +120,38 @@ impl Agent for AgentService {
                 let _ = failed.send(Err(status)).await;
             }
         });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type CopyOutStream = ReceiverStream<Result<CopyData, Status>>;
+
+    async fn copy_out(
+        &self,
+        request: Request<CopyOutRequest>,
+    ) -> Result<Response<Self::CopyOutStream>, Status> {
+        let request = request.into_inner();
+        if request.path.is_empty() {
+            return Err(Status::invalid_argument("the copy names no path"));
+        }
+        let rx = copy::out(PathBuf::from(request.path), request.recursive);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn copy_in(
+        &self,
+        request: Request<Streaming<CopyInFrame>>,
+    ) -> Result<Response<CopyInResponse>, Status> {
+        copy::into(request.into_inner()).await.map(Response::new)
+    }
+
+    type WatchPortsStream = ReceiverStream<Result<Ports, Status>>;
+
+    async fn watch_ports(
+        &self,
+        _: Request<WatchPortsRequest>,
+    ) -> Result<Response<Self::WatchPortsStream>, Status> {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(ports::watch(tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
