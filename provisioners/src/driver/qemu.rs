@@ -233,7 +233,8 @@ impl QemuDriver {
     /// The kernel command line for this machine.
     fn kernel_cmdline(&self) -> String {
         let mut line = format!(
-            "console=ttyS0 quiet loglevel=3 panic=-1 berth.hostname={} berth.disk={DISK_SERIAL}",
+            "console={} quiet loglevel=3 panic=-1 berth.hostname={} berth.disk={DISK_SERIAL}",
+            guest_platform().console,
             self.context.name
         );
         for registry in &self.config.insecure_registries {
@@ -250,7 +251,7 @@ impl QemuDriver {
             "-name".into(),
             format!("berth-{}", self.context.name),
             "-machine".into(),
-            "q35".into(),
+            guest_platform().machine.into(),
             "-accel".into(),
             accel.name().into(),
             "-cpu".into(),
@@ -317,6 +318,28 @@ fn guest_arch() -> &'static str {
         "aarch64"
     } else {
         "x86_64"
+    }
+}
+
+/// What differs between the guest architectures' virtual machines.
+struct GuestPlatform {
+    /// QEMU's machine type.
+    machine: &'static str,
+    /// The kernel's name for the first serial port.
+    console: &'static str,
+}
+
+fn guest_platform() -> GuestPlatform {
+    if cfg!(target_arch = "aarch64") {
+        GuestPlatform {
+            machine: "virt",
+            console: "ttyAMA0",
+        }
+    } else {
+        GuestPlatform {
+            machine: "q35",
+            console: "ttyS0",
+        }
     }
 }
 
