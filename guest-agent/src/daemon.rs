@@ -43,6 +43,8 @@ pub struct DockerApi {
     pub socket: PathBuf,
     /// Registries to reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The engine's labels (`KEY=VALUE`), as `docker info` shows them.
+    pub labels: Vec<String>,
     /// Also on TCP, with mutual TLS.
     pub tcp: Option<(std::net::SocketAddr, crate::api::docker::tls::TlsFiles)>,
 }
@@ -317,6 +319,7 @@ pub async fn serve(
                     insecure: docker.insecure_registries.clone(),
                     ..Default::default()
                 },
+                docker.labels.clone(),
             )
             .await
             .map_err(|e| DaemonError::Engine(e.to_string()))?;

@@ -33,6 +33,10 @@ enum Command {
         /// A registry (host:port) to reach over plain HTTP (repeatable).
         #[arg(long, value_name = "HOST")]
         insecure_registry: Vec<String>,
+        /// A label of this engine, KEY=VALUE, as `docker info` shows it
+        /// (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+        label: Vec<String>,
         /// Also serve the Docker API on this TCP address, with mutual TLS
         /// (needs --tls-ca, --tls-cert and --tls-key).
         #[arg(long, value_name = "IP:PORT", requires_all = ["tls_ca", "tls_cert", "tls_key"], requires = "docker_socket")]
@@ -69,6 +73,14 @@ enum Command {
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
     /// The image store: pull, list, inspect, remove, gc.
     Image(Box<berth_agent::image::cli::ImageArgs>),
+}
+
+/// A `KEY=VALUE` label with a non-empty key.
+fn parse_label(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 fn init_logging() {
@@ -147,6 +159,7 @@ fn main() -> ExitCode {
             listen,
             docker_socket,
             insecure_registry,
+            label,
             docker_tcp,
             tls_ca,
             tls_cert,
@@ -160,6 +173,7 @@ fn main() -> ExitCode {
             docker_socket.map(|socket| berth_agent::daemon::DockerApi {
                 socket,
                 insecure_registries: insecure_registry,
+                labels: label,
                 tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
                     |(address, ((ca, cert), key))| {
                         (

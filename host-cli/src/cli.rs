@@ -87,6 +87,12 @@ pub struct CreateArgs {
     /// A registry (host:port) the engine reaches over plain HTTP (repeatable).
     #[arg(long, value_name = "HOST")]
     pub engine_insecure_registry: Vec<String>,
+    /// A label for the engine, KEY=VALUE, shown by `docker info` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub engine_label: Vec<String>,
+    /// An environment variable for the engine, KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub engine_env: Vec<String>,
     /// The new machine's name.
     pub name: String,
 }

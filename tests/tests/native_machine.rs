@@ -302,3 +302,45 @@ fn completion_scripts_load() {
     );
     assert!(out.contains("berth"), "{out}");
 }
+
+#[test]
+fn docker_runs_a_container_on_a_native_machine() {
+    use berth_tests::docker::{busybox_root, docker_cli};
+    use berth_tests::registry::{Layout, Registry};
+
+    let registry = Registry::start();
+    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    let berth = Berth::new();
+    berth.ok(&[
+        "create",
+        "--engine-label",
+        "tier=dev",
+        "--engine-env",
+        "BERTH_TEST=1",
+        "dev",
+    ]);
+    let url = berth.ok(&["url", "dev"]);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(docker_cli())
+            .args(args)
+            .env("DOCKER_HOST", url.trim())
+            .env("DOCKER_CONFIG", berth.home().join("docker-config"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let image = format!("{}/busybox", registry.host);
+    docker(&["pull", "-q", &image]);
+    assert_eq!(docker(&["run", "--rm", &image, "echo", "hi"]), "hi\n");
+    assert_eq!(docker(&["info", "--format", "{{.Labels}}"]), "[tier=dev]\n");
+    let agent = berth.agent_pid("dev");
+    let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
+    assert!(environ.split(|b| *b == 0).any(|e| e == b"BERTH_TEST=1"));
+    let err = berth.fails(&["create", "--engine-label", "no value", "x"]);
+    assert!(err.contains("--engine-label"), "{err}");
+}

@@ -106,6 +106,10 @@ fn qemu_machine_lifecycle() {
     // The stock docker CLI, the image pulled by the guest from the host.
     docker_ok(&berth, "vm", &["pull", "-q", &image]);
     assert_eq!(
+        docker_ok(&berth, "vm", &["info", "--format", "{{.Labels}}"]),
+        "[where=vm]\n"
+    );
+    assert_eq!(
         docker_ok(&berth, "vm", &["run", "--rm", &image, "echo", "hi"]),
         "hi\n"
     );

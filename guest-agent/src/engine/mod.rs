@@ -263,6 +263,10 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// When the engine started, for `info`.
     pub started: SystemTime,
+    /// The engine's labels (`KEY=VALUE`), for `info`.
+    pub labels: Vec<String>,
+    /// Registries reached over plain HTTP, for `info`.
+    pub insecure_registries: Vec<String>,
 }
 
 fn now() -> String {
@@ -314,7 +318,11 @@ pub fn random_id() -> String {
 impl Engine {
     /// Opens the engine's state under `root`, reconnecting to running
     /// containers and restarting those whose policy says so.
-    pub async fn open(root: &Path, registry: RegistryConfig) -> Result<Arc<Self>, EngineError> {
+    pub async fn open(
+        root: &Path,
+        registry: RegistryConfig,
+        labels: Vec<String>,
+    ) -> Result<Arc<Self>, EngineError> {
         for dir in ["containers", "runtime", "volumes"] {
             std::fs::create_dir_all(root.join(dir)).map_err(EngineError::io(format!(
                 "create {}",
@@ -322,6 +330,7 @@ impl Engine {
             )))?;
         }
         let store = Arc::new(Store::open(&root.join("images"))?);
+        let insecure_registries = registry.insecure.clone();
         let client = Arc::new(Client::new(registry)?);
         let engine = Arc::new(Engine {
             root: root.to_owned(),
@@ -333,6 +342,8 @@ impl Engine {
             execs: exec::Execs::default(),
             events: broadcast::channel(256).0,
             started: SystemTime::now(),
+            labels,
+            insecure_registries,
         });
         engine.restore().await;
         Ok(engine)

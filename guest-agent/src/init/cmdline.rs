@@ -22,6 +22,11 @@ pub struct Settings {
     /// `berth.insecure_registry=` (repeatable): registries reached over
     /// plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `berth.label=KEY=VALUE` (repeatable): the engine's labels.
+    pub labels: Vec<String>,
+    /// `berth.env=KEY=VALUE` (repeatable): the engine's environment
+    /// (e.g. HTTP_PROXY).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -34,6 +39,8 @@ impl Default for Settings {
             dns: Vec::new(),
             disk_serial: "berth-data".to_owned(),
             insecure_registries: Vec::new(),
+            labels: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -77,6 +84,13 @@ impl Settings {
                 "insecure_registry" if !value.is_empty() => {
                     s.insecure_registries.push(value.to_owned())
                 }
+                "label" if value.split_once('=').is_some_and(|(k, _)| !k.is_empty()) => {
+                    s.labels.push(value.to_owned())
+                }
+                "env" => match value.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => s.env.push((k.to_owned(), v.to_owned())),
+                    _ => bad(),
+                },
                 _ => bad(),
             }
         }
@@ -103,7 +117,8 @@ mod tests {
     fn reads_berth_words_and_keeps_defaults() {
         let s = Settings::parse(
             "console=ttyS0 berth.hostname=dev berth.ip=10.0.3.9/16 berth.dns=1.1.1.1 \
-             berth.insecure_registry=10.0.2.2:5000 berth.insecure_registry=r:1 quiet",
+             berth.insecure_registry=10.0.2.2:5000 berth.insecure_registry=r:1 quiet \
+             berth.label=tier=dev berth.env=HTTP_PROXY=http://10.0.2.2:3128",
         );
         assert_eq!(s.hostname, "dev");
         assert_eq!(s.address, Ipv4Addr::new(10, 0, 3, 9));
@@ -111,6 +126,11 @@ mod tests {
         assert_eq!(s.gateway, Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!(s.dns, vec![Ipv4Addr::new(1, 1, 1, 1)]);
         assert_eq!(s.insecure_registries, ["10.0.2.2:5000", "r:1"]);
+        assert_eq!(s.labels, ["tier=dev"]);
+        assert_eq!(
+            s.env,
+            [("HTTP_PROXY".to_owned(), "http://10.0.2.2:3128".to_owned())]
+        );
     }
 
     #[test]

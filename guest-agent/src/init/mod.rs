@@ -176,6 +176,10 @@ fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
     for registry in &settings.insecure_registries {
         command.arg("--insecure-registry").arg(registry);
     }
+    for label in &settings.labels {
+        command.arg("--label").arg(label);
+    }
+    command.envs(settings.env.iter().map(|(k, v)| (k, v)));
     command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     // Init blocks the signals it waits for; the agent, and every container
     // it starts, must not inherit that.

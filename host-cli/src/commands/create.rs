@@ -1,6 +1,7 @@
 //! `berth create`: a new machine, made whole or not at all.
 
 use berth_provisioners::driver::qemu::Accel;
+use berth_provisioners::driver::EngineOptions;
 use berth_provisioners::{DriverConfig, MachineContext};
 
 use super::{progress, waiting};
@@ -58,6 +59,12 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
             name: args.driver.clone(),
             known: DriverConfig::NAMES.join(", "),
         })?;
+    let engine = EngineOptions {
+        insecure_registries: args.engine_insecure_registry.clone(),
+        labels: args.engine_label.clone(),
+        env: args.engine_env.clone(),
+    };
+    engine.validate().map_err(CliError::Usage)?;
     match &mut config {
         DriverConfig::Qemu(qemu) => {
             if let Some(cpus) = args.cpus {
@@ -79,16 +86,10 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
             if let Some(timeout) = args.qemu_boot_timeout {
                 qemu.boot_timeout_secs = timeout;
             }
-            for registry in &args.engine_insecure_registry {
-                if registry.is_empty() || registry.contains(char::is_whitespace) {
-                    return Err(CliError::Usage(format!(
-                        "--engine-insecure-registry {registry:?} is not a host[:port]"
-                    )));
-                }
-            }
-            qemu.insecure_registries = args.engine_insecure_registry.clone();
+            qemu.engine = engine;
         }
-        DriverConfig::Native(_) => {
+        DriverConfig::Native(native) => {
+            native.engine = engine;
             let given = [
                 ("--cpus", args.cpus.is_some()),
                 ("--memory", args.memory.is_some()),

@@ -66,6 +66,78 @@ pub struct Endpoint {
     pub docker: DockerEndpoint,
 }
 
+/// How the engine on a host is set up, as docker-machine's `--engine-*`
+/// flags say; every driver hands these to its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EngineOptions {
+    /// Registries (`host:port`) reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// The engine's labels, `KEY=VALUE`, as `docker info` shows them.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The engine's environment, `KEY=VALUE` (e.g. `HTTP_PROXY=…`).
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl EngineOptions {
+    /// Checks every value: no whitespace (a VM's settings travel on the
+    /// kernel command line), and `KEY=VALUE` where that is the form.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, values, pairs) in [
+            (
+                "--engine-insecure-registry",
+                &self.insecure_registries,
+                false,
+            ),
+            ("--engine-label", &self.labels, true),
+            ("--engine-env", &self.env, true),
+        ] {
+            for value in values {
+                let pair_ok = !pairs || value.split_once('=').is_some_and(|(k, _)| !k.is_empty());
+                if value.is_empty() || value.contains(char::is_whitespace) || !pair_ok {
+                    let form = if pairs { "KEY=VALUE" } else { "HOST[:PORT]" };
+                    return Err(format!("{flag} {value:?} is not {form} without spaces"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent's `serve` arguments and environment for these options.
+    pub fn serve_args(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut args = Vec::new();
+        for registry in &self.insecure_registries {
+            args.extend(["--insecure-registry".to_owned(), registry.clone()]);
+        }
+        for label in &self.labels {
+            args.extend(["--label".to_owned(), label.clone()]);
+        }
+        let env = self
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (args, env)
+    }
+
+    /// The words a guest's init reads from the kernel command line.
+    pub fn kernel_words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        words.extend(
+            self.insecure_registries
+                .iter()
+                .map(|r| format!("berth.insecure_registry={r}")),
+        );
+        words.extend(self.labels.iter().map(|l| format!("berth.label={l}")));
+        words.extend(self.env.iter().map(|e| format!("berth.env={e}")));
+        words
+    }
+}
+
 /// What a driver knows of the machine it drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineContext {
@@ -245,11 +317,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_options_are_checked_and_handed_on() {
+        let options = EngineOptions {
+            insecure_registries: vec!["10.0.2.2:5000".into()],
+            labels: vec!["tier=dev".into()],
+            env: vec!["HTTP_PROXY=http://p:3128".into()],
+        };
+        options.validate().unwrap();
+        let (args, env) = options.serve_args();
+        assert_eq!(
+            args,
+            [
+                "--insecure-registry",
+                "10.0.2.2:5000",
+                "--label",
+                "tier=dev"
+            ]
+        );
+        assert_eq!(env, [("HTTP_PROXY".to_owned(), "http://p:3128".to_owned())]);
+        for bad in [
+            EngineOptions {
+                labels: vec!["novalue".into()],
+                ..Default::default()
+            },
+            EngineOptions {
+                env: vec!["=x".into()],
+                ..Default::default()
+            },
+            EngineOptions {
+                insecure_registries: vec!["a b".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn driver_config_round_trips_with_its_name() {
         let config = DriverConfig::default_for("native").unwrap();
         let json = serde_json::to_string(&config).unwrap();
-        assert_eq!(json, r#"{"Name":"native"}"#);
+        assert!(json.starts_with(r#"{"Name":"native""#), "{json}");
         assert_eq!(serde_json::from_str::<DriverConfig>(&json).unwrap(), config);
+        // Records written before the engine options existed still load.
+        assert_eq!(
+            serde_json::from_str::<DriverConfig>(r#"{"Name":"native"}"#).unwrap(),
+            config
+        );
         assert!(serde_json::from_str::<DriverConfig>(r#"{"Name":"warp"}"#).is_err());
         assert!(DriverConfig::default_for("warp").is_none());
     }

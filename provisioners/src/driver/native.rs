@@ -21,7 +21,9 @@ use std::time::Duration;
 use berth_proto::link::Address;
 use serde::{Deserialize, Serialize};
 
-use super::{DockerEndpoint, Driver, DriverError, Endpoint, MachineContext, MachineState};
+use super::{
+    DockerEndpoint, Driver, DriverError, Endpoint, EngineOptions, MachineContext, MachineState,
+};
 
 /// The driver's name.
 pub const NAME: &str = "native";
@@ -41,20 +43,26 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the kernel to reap an agent after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings of the native driver (none yet).
+/// Settings of the native driver.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NativeConfig {}
+#[serde(rename_all = "PascalCase")]
+pub struct NativeConfig {
+    /// How the engine is set up.
+    #[serde(default)]
+    pub engine: EngineOptions,
+}
 
 /// Drives an agent on this machine.
 #[derive(Debug)]
 pub struct NativeDriver {
+    config: NativeConfig,
     context: MachineContext,
 }
 
 impl NativeDriver {
     /// The driver for the machine in `context`.
-    pub fn new(_config: NativeConfig, context: MachineContext) -> Self {
-        NativeDriver { context }
+    pub fn new(config: NativeConfig, context: MachineContext) -> Self {
+        NativeDriver { config, context }
     }
 
     fn root(&self) -> PathBuf {
@@ -105,7 +113,11 @@ impl Driver for NativeDriver {
     async fn start(&self) -> Result<(), DriverError> {
         let agent = find_agent()?;
         let address = Address::Unix(self.agent_socket());
-        let mut child = platform::spawn_agent(&agent, &self.root(), &address, &self.log())?;
+        let (mut args, env) = self.config.engine.serve_args();
+        args.push("--docker-socket".into());
+        args.push(self.docker_socket().display().to_string());
+        let mut child =
+            platform::spawn_agent(&agent, &self.root(), &address, &self.log(), &args, &env)?;
         platform::wait_ready(&mut child, &address, &self.log(), READY_TIMEOUT).await
     }
 
@@ -257,6 +269,8 @@ mod platform {
         root: &Path,
         address: &Address,
         log: &Path,
+        args: &[String],
+        env: &[(String, String)],
     ) -> Result<Child, DriverError> {
         if log.exists() {
             let previous = log.with_extension("log.1");
@@ -278,6 +292,8 @@ mod platform {
             .arg(root)
             .arg("--listen")
             .arg(address.to_string())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -469,6 +485,8 @@ mod platform {
         _: &Path,
         _: &Address,
         _: &Path,
+        _: &[String],
+        _: &[(String, String)],
     ) -> Result<Child, DriverError> {
         Err(unsupported())
     }

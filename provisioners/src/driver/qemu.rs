@@ -25,7 +25,9 @@ use berth_guest_image as berth_image;
 use berth_proto::link::Address;
 use serde::{Deserialize, Serialize};
 
-use super::{DockerEndpoint, Driver, DriverError, Endpoint, MachineContext, MachineState};
+use super::{
+    DockerEndpoint, Driver, DriverError, Endpoint, EngineOptions, MachineContext, MachineState,
+};
 
 /// The driver's name.
 pub const NAME: &str = "qemu";
@@ -139,9 +141,9 @@ pub struct QemuConfig {
     pub accel: Accel,
     /// How long a start may take until the agent answers, in seconds.
     pub boot_timeout_secs: u64,
-    /// Registries the engine reaches over plain HTTP.
+    /// How the engine in the guest is set up.
     #[serde(default)]
-    pub insecure_registries: Vec<String>,
+    pub engine: EngineOptions,
     /// The guest image's digest, recorded at create.
     #[serde(default)]
     pub image_digest: String,
@@ -155,7 +157,7 @@ impl Default for QemuConfig {
             disk_size_gb: 20,
             accel: Accel::Auto,
             boot_timeout_secs: 120,
-            insecure_registries: Vec::new(),
+            engine: EngineOptions::default(),
             image_digest: String::new(),
         }
     }
@@ -237,8 +239,9 @@ impl QemuDriver {
             guest_platform().console,
             self.context.name
         );
-        for registry in &self.config.insecure_registries {
-            line.push_str(&format!(" berth.insecure_registry={registry}"));
+        for word in self.config.engine.kernel_words() {
+            line.push(' ');
+            line.push_str(&word);
         }
         line
     }
@@ -568,7 +571,11 @@ mod tests {
     #[test]
     fn command_line_names_every_part() {
         let d = driver(QemuConfig {
-            insecure_registries: vec!["10.0.2.2:5000".into()],
+            engine: EngineOptions {
+                insecure_registries: vec!["10.0.2.2:5000".into()],
+                labels: vec!["tier=dev".into()],
+                env: vec!["HTTP_PROXY=http://p:3128".into()],
+            },
             ..QemuConfig::default()
         });
         let args = d.qemu_args(Accel::Tcg).join(" ");
@@ -589,7 +596,8 @@ mod tests {
             assert!(args.contains(part), "{part} missing from {args}");
         }
         assert!(d.kernel_cmdline().contains(
-            "berth.hostname=dev berth.disk=berth-data berth.insecure_registry=10.0.2.2:5000"
+            "berth.hostname=dev berth.disk=berth-data berth.insecure_registry=10.0.2.2:5000 \
+             berth.label=tier=dev berth.env=HTTP_PROXY=http://p:3128"
         ));
         assert!(driver(QemuConfig::default())
             .qemu_args(Accel::Kvm)

@@ -115,10 +115,16 @@ pub(super) fn info(engine: &Arc<Engine>) -> Result<Response<Body>> {
             "NCPU": host.cpus,
             "MemTotal": host.memory_bytes,
             "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+            "RegistryConfig": {
+                "IndexConfigs": engine.insecure_registries.iter().map(|r| (r.clone(), serde_json::json!({
+                    "Name": r, "Mirrors": [], "Secure": false, "Official": false,
+                }))).collect::<serde_json::Map<String, serde_json::Value>>(),
+                "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+                "Mirrors": [],
+            },
             "DockerRootDir": engine.root(),
             "Name": host.hostname,
-            "Labels": [],
+            "Labels": engine.labels,
             "ExperimentalBuild": false,
             "ServerVersion": crate::VERSION,
             "Runtimes": {"berth": {"path": "berth-agent runtime"}},
