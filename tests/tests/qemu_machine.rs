@@ -87,7 +87,12 @@ fn qemu_machine_lifecycle() {
     let berth = Berth::new();
     berth.ok(&create_args(
         "vm",
-        &["--engine-insecure-registry", &guest_registry],
+        &[
+            "--engine-insecure-registry",
+            &guest_registry,
+            "--engine-label",
+            "where=vm",
+        ],
     ));
     let dir = berth.machine_dir("vm");
     assert_eq!(berth.ok(&["status", "vm"]), "Running\n");
