@@ -43,6 +43,8 @@ pub struct DockerApi {
     pub socket: PathBuf,
     /// Registries to reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Mirrors of Docker Hub to pull through (URLs or `host[:port]`).
+    pub registry_mirrors: Vec<String>,
     /// The engine's labels (`KEY=VALUE`), as `docker info` shows them.
     pub labels: Vec<String>,
     /// Also on TCP, with mutual TLS.
@@ -313,16 +315,16 @@ pub async fn serve(
     let docker_socket = docker.as_ref().map(|d| d.socket.clone());
     let docker_guard = match docker {
         Some(docker) => {
-            let engine = crate::engine::Engine::open(
-                root,
-                crate::image::registry::RegistryConfig {
-                    insecure: docker.insecure_registries.clone(),
-                    ..Default::default()
-                },
-                docker.labels.clone(),
-            )
-            .await
-            .map_err(|e| DaemonError::Engine(e.to_string()))?;
+            let mut registry = crate::image::registry::RegistryConfig {
+                insecure: docker.insecure_registries.clone(),
+                ..Default::default()
+            };
+            for mirror in &docker.registry_mirrors {
+                registry.add_mirror(mirror).map_err(DaemonError::Engine)?;
+            }
+            let engine = crate::engine::Engine::open(root, registry, docker.labels.clone())
+                .await
+                .map_err(|e| DaemonError::Engine(e.to_string()))?;
             if let Some((address, files)) = &docker.tcp {
                 let config =
                     crate::api::docker::tls::server_config(files).map_err(DaemonError::Tls)?;

@@ -33,6 +33,10 @@ enum Command {
         /// A registry (host:port) to reach over plain HTTP (repeatable).
         #[arg(long, value_name = "HOST")]
         insecure_registry: Vec<String>,
+        /// A mirror of Docker Hub to pull through, as a URL or host:port
+        /// (repeatable).
+        #[arg(long, value_name = "URL")]
+        registry_mirror: Vec<String>,
         /// A label of this engine, KEY=VALUE, as `docker info` shows it
         /// (repeatable).
         #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
             listen,
             docker_socket,
             insecure_registry,
+            registry_mirror,
             label,
             docker_tcp,
             tls_ca,
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
             docker_socket.map(|socket| berth_agent::daemon::DockerApi {
                 socket,
                 insecure_registries: insecure_registry,
+                registry_mirrors: registry_mirror,
                 labels: label,
                 tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
                     |(address, ((ca, cert), key))| {

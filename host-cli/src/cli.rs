@@ -87,6 +87,9 @@ pub struct CreateArgs {
     /// A registry (host:port) the engine reaches over plain HTTP (repeatable).
     #[arg(long, value_name = "HOST")]
     pub engine_insecure_registry: Vec<String>,
+    /// A Docker Hub mirror the engine pulls through, URL or host:port (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub engine_registry_mirror: Vec<String>,
     /// A label for the engine, KEY=VALUE, shown by `docker info` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub engine_label: Vec<String>,

@@ -310,13 +310,18 @@ fn docker_runs_a_container_on_a_native_machine() {
 
     let registry = Registry::start();
     Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    // The same image as Docker Hub's library/busybox, for the mirror.
+    Layout::new(&[busybox_root()], None).push(&registry, "library/busybox:latest");
     let berth = Berth::new();
+    let mirror = format!("http://{}", registry.host);
     berth.ok(&[
         "create",
         "--engine-label",
         "tier=dev",
         "--engine-env",
         "BERTH_TEST=1",
+        "--engine-registry-mirror",
+        &mirror,
         "dev",
     ]);
     let url = berth.ok(&["url", "dev"]);
@@ -338,6 +343,15 @@ fn docker_runs_a_container_on_a_native_machine() {
     docker(&["pull", "-q", &image]);
     assert_eq!(docker(&["run", "--rm", &image, "echo", "hi"]), "hi\n");
     assert_eq!(docker(&["info", "--format", "{{.Labels}}"]), "[tier=dev]\n");
+    // Docker Hub's name, pulled through the mirror (this machine has no
+    // internet: only the mirror can have answered).
+    docker(&["pull", "-q", "busybox"]);
+    assert_eq!(
+        docker(&["run", "--rm", "busybox", "echo", "mirrored"]),
+        "mirrored\n"
+    );
+    let mirrors = docker(&["info", "--format", "{{.RegistryConfig.Mirrors}}"]);
+    assert!(mirrors.contains(&registry.host), "{mirrors}");
     let agent = berth.agent_pid("dev");
     let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
     assert!(environ.split(|b| *b == 0).any(|e| e == b"BERTH_TEST=1"));

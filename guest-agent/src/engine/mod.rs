@@ -267,6 +267,8 @@ pub struct Engine {
     pub labels: Vec<String>,
     /// Registries reached over plain HTTP, for `info`.
     pub insecure_registries: Vec<String>,
+    /// Docker Hub mirrors, for `info`.
+    pub registry_mirrors: Vec<String>,
 }
 
 fn now() -> String {
@@ -331,6 +333,7 @@ impl Engine {
         }
         let store = Arc::new(Store::open(&root.join("images"))?);
         let insecure_registries = registry.insecure.clone();
+        let registry_mirrors = registry.mirrors.clone();
         let client = Arc::new(Client::new(registry)?);
         let engine = Arc::new(Engine {
             root: root.to_owned(),
@@ -344,6 +347,7 @@ impl Engine {
             started: SystemTime::now(),
             labels,
             insecure_registries,
+            registry_mirrors,
         });
         engine.restore().await;
         Ok(engine)

@@ -58,7 +58,9 @@ impl Puller {
                 let _ = tx.send(p);
             }
         };
-        let (bytes, content_type, target) = self.client.get_manifest(reference).await?;
+        let name = reference;
+        let (source, (bytes, content_type, target)) = self.resolve(reference).await?;
+        let reference = &source;
         report(Progress::Resolved {
             digest: target.clone(),
         });
@@ -101,9 +103,33 @@ impl Puller {
             platform: platform.clone(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
-        self.store
-            .set_name(&reference.to_string(), record.clone())?;
+        self.store.set_name(&name.to_string(), record.clone())?;
         Ok(record)
+    }
+
+    /// Where `reference` is pulled from, with its manifest: the first
+    /// Docker Hub mirror that has it, else its own registry. A mirror that
+    /// fails or lacks the image is passed over, as dockerd does.
+    async fn resolve(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Reference, (Vec<u8>, Option<String>, Digest)), ImageError> {
+        if reference.registry() == crate::image::reference::DEFAULT_REGISTRY {
+            for mirror in self.client.mirrors() {
+                let Some(mirrored) = reference.on_registry(mirror) else {
+                    continue;
+                };
+                match self.client.get_manifest(&mirrored).await {
+                    Ok(found) => {
+                        tracing::debug!(%mirror, image = %reference, "pulling through the mirror");
+                        return Ok((mirrored, found));
+                    }
+                    Err(e) => tracing::debug!(%mirror, "mirror passed over: {e}"),
+                }
+            }
+        }
+        let manifest = self.client.get_manifest(reference).await?;
+        Ok((reference.clone(), manifest))
     }
 
     /// Makes layer `layer`'s snapshot unless it is there.

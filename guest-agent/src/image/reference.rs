@@ -176,6 +176,18 @@ impl Reference {
         &self.registry
     }
 
+    /// The same repository, tag and digest on another registry (`host[:port]`):
+    /// what a pull through a mirror asks that mirror for.
+    pub fn on_registry(&self, registry: &str) -> Option<Reference> {
+        let mut moved = self.clone();
+        moved.registry = registry.to_owned();
+        // A host without a dot or port would read as a repository path.
+        format!("{moved}")
+            .parse()
+            .ok()
+            .filter(|r: &Reference| r.registry == registry)
+    }
+
     /// The host (and port) whose registry API serves this reference.
     pub fn api_host(&self) -> &str {
         if self.registry == DEFAULT_REGISTRY {
@@ -305,6 +317,13 @@ mod tests {
         );
         let r: Reference = "busybox".parse().unwrap();
         assert_eq!(r.api_host(), "registry-1.docker.io");
+        let mirrored = "busybox:1.36"
+            .parse::<Reference>()
+            .unwrap()
+            .on_registry("10.0.2.2:5000")
+            .unwrap();
+        assert_eq!(mirrored.to_string(), "10.0.2.2:5000/library/busybox:1.36");
+        assert_eq!(mirrored.api_host(), "10.0.2.2:5000");
         assert_eq!(r.familiar(), "busybox:latest");
         let r: Reference = "127.0.0.1:5000/x/y:1".parse().unwrap();
         assert_eq!(

@@ -46,6 +46,35 @@ pub struct RegistryConfig {
     pub extra_ca_pem: Vec<Vec<u8>>,
     /// Credentials by registry host.
     pub credentials: HashMap<String, Credentials>,
+    /// Mirrors of Docker Hub (`host[:port]`), tried in order before it
+    /// for pulls.
+    pub mirrors: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Adds a Docker Hub mirror given as dockerd takes it (`URL` or
+    /// `host[:port]`); an `http://` mirror is reached over plain HTTP.
+    pub fn add_mirror(&mut self, mirror: &str) -> Result<(), String> {
+        let (plain, rest) = match mirror.split_once("://") {
+            Some(("http", rest)) => (true, rest),
+            Some(("https", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                return Err(format!("mirror {mirror:?}: unknown scheme {scheme:?}"))
+            }
+            None => (false, mirror),
+        };
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+            return Err(format!(
+                "mirror {mirror:?} is not a registry's URL or host[:port]"
+            ));
+        }
+        if plain && !self.insecure.iter().any(|h| h == host) {
+            self.insecure.push(host.to_owned());
+        }
+        self.mirrors.push(host.to_owned());
+        Ok(())
+    }
 }
 
 /// How a host wants to be authenticated, once it has said.
@@ -430,6 +459,11 @@ impl Client {
     ) -> Result<(Vec<u8>, Option<String>, Digest), ImageError> {
         self.get_manifest_at(reference, &reference.manifest_key())
             .await
+    }
+
+    /// The mirrors configured for Docker Hub.
+    pub fn mirrors(&self) -> &[String] {
+        &self.config.mirrors
     }
 
     /// Fetches manifest `key` (a tag or digest) of `reference`'s repository.

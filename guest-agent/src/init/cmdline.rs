@@ -22,6 +22,8 @@ pub struct Settings {
     /// `berth.insecure_registry=` (repeatable): registries reached over
     /// plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `berth.registry_mirror=` (repeatable): Docker Hub mirrors.
+    pub registry_mirrors: Vec<String>,
     /// `berth.label=KEY=VALUE` (repeatable): the engine's labels.
     pub labels: Vec<String>,
     /// `berth.env=KEY=VALUE` (repeatable): the engine's environment
@@ -39,6 +41,7 @@ impl Default for Settings {
             dns: Vec::new(),
             disk_serial: "berth-data".to_owned(),
             insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
             labels: Vec::new(),
             env: Vec::new(),
         }
@@ -84,6 +87,7 @@ impl Settings {
                 "insecure_registry" if !value.is_empty() => {
                     s.insecure_registries.push(value.to_owned())
                 }
+                "registry_mirror" if !value.is_empty() => s.registry_mirrors.push(value.to_owned()),
                 "label" if value.split_once('=').is_some_and(|(k, _)| !k.is_empty()) => {
                     s.labels.push(value.to_owned())
                 }

@@ -176,6 +176,9 @@ fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
     for registry in &settings.insecure_registries {
         command.arg("--insecure-registry").arg(registry);
     }
+    for mirror in &settings.registry_mirrors {
+        command.arg("--registry-mirror").arg(mirror);
+    }
     for label in &settings.labels {
         command.arg("--label").arg(label);
     }

@@ -61,6 +61,7 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
         })?;
     let engine = EngineOptions {
         insecure_registries: args.engine_insecure_registry.clone(),
+        registry_mirrors: args.engine_registry_mirror.clone(),
         labels: args.engine_label.clone(),
         env: args.engine_env.clone(),
     };

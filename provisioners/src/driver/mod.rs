@@ -74,6 +74,9 @@ pub struct EngineOptions {
     /// Registries (`host:port`) reached over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Docker Hub mirrors to pull through (URLs or `host[:port]`).
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
     /// The engine's labels, `KEY=VALUE`, as `docker info` shows them.
     #[serde(default)]
     pub labels: Vec<String>,
@@ -98,7 +101,11 @@ impl EngineOptions {
             for value in values {
                 let pair_ok = !pairs || value.split_once('=').is_some_and(|(k, _)| !k.is_empty());
                 if value.is_empty() || value.contains(char::is_whitespace) || !pair_ok {
-                    let form = if pairs { "KEY=VALUE" } else { "HOST[:PORT]" };
+                    let form = if pairs {
+                        "KEY=VALUE"
+                    } else {
+                        "a host[:port] or URL"
+                    };
                     return Err(format!("{flag} {value:?} is not {form} without spaces"));
                 }
             }
@@ -111,6 +118,9 @@ impl EngineOptions {
         let mut args = Vec::new();
         for registry in &self.insecure_registries {
             args.extend(["--insecure-registry".to_owned(), registry.clone()]);
+        }
+        for mirror in &self.registry_mirrors {
+            args.extend(["--registry-mirror".to_owned(), mirror.clone()]);
         }
         for label in &self.labels {
             args.extend(["--label".to_owned(), label.clone()]);
@@ -131,6 +141,11 @@ impl EngineOptions {
             self.insecure_registries
                 .iter()
                 .map(|r| format!("berth.insecure_registry={r}")),
+        );
+        words.extend(
+            self.registry_mirrors
+                .iter()
+                .map(|m| format!("berth.registry_mirror={m}")),
         );
         words.extend(self.labels.iter().map(|l| format!("berth.label={l}")));
         words.extend(self.env.iter().map(|e| format!("berth.env={e}")));
@@ -320,6 +335,7 @@ mod tests {
     fn engine_options_are_checked_and_handed_on() {
         let options = EngineOptions {
             insecure_registries: vec!["10.0.2.2:5000".into()],
+            registry_mirrors: vec![],
             labels: vec!["tier=dev".into()],
             env: vec!["HTTP_PROXY=http://p:3128".into()],
         };

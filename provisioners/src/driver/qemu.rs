@@ -573,6 +573,7 @@ mod tests {
         let d = driver(QemuConfig {
             engine: EngineOptions {
                 insecure_registries: vec!["10.0.2.2:5000".into()],
+                registry_mirrors: vec![],
                 labels: vec!["tier=dev".into()],
                 env: vec!["HTTP_PROXY=http://p:3128".into()],
             },

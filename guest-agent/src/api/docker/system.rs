@@ -120,7 +120,7 @@ pub(super) fn info(engine: &Arc<Engine>) -> Result<Response<Body>> {
                     "Name": r, "Mirrors": [], "Secure": false, "Official": false,
                 }))).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "InsecureRegistryCIDRs": ["127.0.0.0/8"],
-                "Mirrors": [],
+                "Mirrors": engine.registry_mirrors.iter().map(|m| format!("https://{m}/")).collect::<Vec<_>>(),
             },
             "DockerRootDir": engine.root(),
             "Name": host.hostname,
