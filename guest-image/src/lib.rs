@@ -395,6 +395,23 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
     })
 }
 
+/// gzip with no file name and no time in the header: the same bytes in,
+/// the same bytes out.
+fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(data)?;
+    gz.finish()
+}
+
+/// Whether `kernel` is an uncompressed arm64 `Image` (its header's magic
+/// `ARM\x64` at offset 0x38).
+fn is_plain_arm64_image(kernel: &[u8]) -> bool {
+    kernel.get(0x38..0x3c) == Some(b"ARM\x64")
+}
+
 /// Builds the image described by `inputs` and returns its manifest.
 pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
     let release = kernel_release(&inputs.kernel_root)?;
@@ -402,24 +419,18 @@ pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
         .kernel_root
         .join("boot")
         .join(format!("vmlinuz-{release}"));
-    let kernel = read(&kernel_path)?;
+    let mut kernel = read(&kernel_path)?;
+    if is_plain_arm64_image(&kernel) {
+        // Debian ships arm64's Image uncompressed (33 MB); QEMU loads a
+        // gzipped one as well.
+        kernel = gzip(&kernel).map_err(|e| ImageError::io("compress the kernel", e))?;
+    }
     let archive = assemble(inputs, &release)?;
-
     let mut cpio = Vec::new();
     archive
         .write_to(&mut cpio)
         .map_err(|e| ImageError::io("assemble the initramfs", e))?;
-    // No file name and no time in the header: the same tree, the same bytes.
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(3)
-        .write(Vec::new(), flate2::Compression::default());
-    gz.write_all(&cpio)
-        .and_then(|_| gz.try_finish())
-        .map_err(|e| ImageError::io("compress the initramfs", e))?;
-    let initramfs = gz
-        .finish()
-        .map_err(|e| ImageError::io("compress the initramfs", e))?;
+    let initramfs = gzip(&cpio).map_err(|e| ImageError::io("compress the initramfs", e))?;
 
     fs::create_dir_all(&inputs.out)
         .map_err(|e| ImageError::io(format!("create {}", inputs.out.display()), e))?;
