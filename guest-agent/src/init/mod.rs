@@ -64,6 +64,7 @@ pub fn main() -> ! {
         error!("{e}");
         power::off();
     }
+    info!("init started");
     let settings = cmdline::Settings::from_proc();
     system::load_modules();
     if let Err(e) = system::mount_cgroup2() {

@@ -18,8 +18,10 @@ use nix::unistd::Pid;
 use super::{Files, MachineState};
 use crate::driver::DriverError;
 
-/// How often the watchdog and the stop path look again.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the watchdog and the stop path look again: often enough that
+/// a start returns within a few tens of milliseconds of the agent's first
+/// answer.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long one QMP exchange may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
