@@ -84,10 +84,10 @@ pub fn port_connections(device: PathBuf) -> ReceiverStream<io::Result<PortStream
     ReceiverStream::new(rx)
 }
 
-/// One opening of a virtio-serial port, driven by the reactor.
+/// One opening of a virtio-serial port.
 #[derive(Debug)]
 pub struct PortStream {
-    fd: AsyncFd<OwnedFd>,
+    stream: FdStream,
     // Told when this opening is dropped, so the port can be opened again.
     _closed: oneshot::Sender<()>,
 }
@@ -97,12 +97,15 @@ impl PortStream {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .custom_flags(nix::libc::O_NOCTTY)
             .open(device)?;
         let (tx, rx) = oneshot::channel();
+        // While no host is connected the port hangs up and a write would
+        // wait for ever: this opening is over then.
+        let stream = FdStream::new(OwnedFd::from(file), true)?;
         Ok((
             PortStream {
-                fd: register(OwnedFd::from(file))?,
+                stream,
                 _closed: tx,
             },
             rx,
@@ -117,6 +120,63 @@ impl Connected for PortStream {
 }
 
 impl AsyncRead for PortStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PortStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A descriptor this process owns (a virtio-serial port, a pty master) as
+/// a non-blocking byte stream driven by the reactor.
+#[derive(Debug)]
+pub(crate) struct FdStream {
+    fd: AsyncFd<OwnedFd>,
+    /// Whether a hang-up fails writes instead of leaving them waiting.
+    hangup_fails_writes: bool,
+}
+
+impl FdStream {
+    /// Makes `fd` non-blocking and registers it with the reactor.
+    pub(crate) fn new(fd: OwnedFd, hangup_fails_writes: bool) -> io::Result<Self> {
+        let flags =
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+        Ok(FdStream {
+            fd: register(fd)?,
+            hangup_fails_writes,
+        })
+    }
+}
+
+impl std::os::fd::AsRawFd for FdStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+}
+
+impl AsyncRead for FdStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -139,7 +199,7 @@ impl AsyncRead for PortStream {
     }
 }
 
-impl AsyncWrite for PortStream {
+impl AsyncWrite for FdStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -147,12 +207,10 @@ impl AsyncWrite for PortStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            // While no host is connected the port hangs up and a write
-            // would wait for ever: this opening is over.
-            if guard.ready().is_write_closed() {
+            if self.hangup_fails_writes && guard.ready().is_write_closed() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
-                    "the host side of the link is not connected",
+                    "the other end hung up",
                 )));
             }
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
@@ -173,7 +231,7 @@ impl AsyncWrite for PortStream {
 }
 
 /// Registers a descriptor this process owns with the reactor.
-pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` owns the descriptor and keeps it open, the
     // same file description, until the `AsyncFd` drops it; `as_raw_fd`
     // of an `OwnedFd` always returns that descriptor.

@@ -153,6 +153,25 @@ impl EngineOptions {
     }
 }
 
+/// The longest socket path a `sockaddr_un` holds, without its NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses, before anything is made, socket paths too long for a unix
+/// socket (a deep `BERTH_HOME`).
+pub(crate) fn check_socket_paths(paths: &[PathBuf]) -> Result<(), DriverError> {
+    for socket in paths {
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(DriverError::PreCreate(format!(
+                "the machine's socket path {} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH}: \
+                 set BERTH_HOME to a shorter directory",
+                socket.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a driver knows of the machine it drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineContext {

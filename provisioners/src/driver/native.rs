@@ -82,9 +82,6 @@ impl NativeDriver {
     }
 }
 
-/// The longest socket path a `sockaddr_un` holds, without its NUL.
-const MAX_SOCKET_PATH: usize = 107;
-
 #[async_trait::async_trait]
 impl Driver for NativeDriver {
     fn name(&self) -> &'static str {
@@ -93,16 +90,7 @@ impl Driver for NativeDriver {
 
     async fn pre_create_check(&self) -> Result<(), DriverError> {
         platform::supported()?;
-        for socket in [self.agent_socket(), self.docker_socket()] {
-            let len = socket.as_os_str().len();
-            if len > MAX_SOCKET_PATH {
-                return Err(DriverError::PreCreate(format!(
-                    "the machine's socket path {} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH}: \
-                     set BERTH_HOME to a shorter directory",
-                    socket.display()
-                )));
-            }
-        }
+        super::check_socket_paths(&[self.agent_socket(), self.docker_socket()])?;
         find_agent().map(|_| ())
     }
 

@@ -56,9 +56,6 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many console lines a failed start quotes.
 const CONSOLE_TAIL_LINES: usize = 12;
 
-/// The longest socket path a `sockaddr_un` holds, without its NUL.
-const MAX_SOCKET_PATH: usize = 107;
-
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -444,21 +441,12 @@ impl Driver for QemuDriver {
     async fn pre_create_check(&self) -> Result<(), DriverError> {
         platform::supported()?;
         let files = self.files();
-        for socket in [
+        super::check_socket_paths(&[
             files.link(),
             files.qmp(),
             files.agent_socket(),
             files.docker_socket(),
-        ] {
-            let len = socket.as_os_str().len();
-            if len > MAX_SOCKET_PATH {
-                return Err(DriverError::PreCreate(format!(
-                    "the machine's socket path {} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH}: \
-                     set BERTH_HOME to a shorter directory",
-                    socket.display()
-                )));
-            }
-        }
+        ])?;
         if self.config.cpus == 0 || self.config.memory_mb < 256 || self.config.disk_size_gb == 0 {
             return Err(DriverError::PreCreate(
                 "a qemu machine needs at least 1 CPU, 256 MB of memory and a 1 GB disk".into(),

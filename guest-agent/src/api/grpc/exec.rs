@@ -8,16 +8,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
-use std::task::{ready, Context, Poll};
 
 use berth_proto::pb::exec_input::Kind as In;
 use berth_proto::pb::exec_output::Kind as Out;
 use berth_proto::pb::{ExecInput, ExecOutput, ExecStart, TerminalSize};
-use nix::fcntl::{FcntlArg, OFlag};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use nix::fcntl::FcntlArg;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
@@ -175,7 +172,7 @@ async fn on_terminal(
         });
     }
     let mut child = tokio::process::Command::from(command).spawn()?;
-    let master = Pty::new(master)?;
+    let master = crate::link::FdStream::new(master, false)?;
     // The halves share the master, open until both are dropped below.
     let master_fd = master.as_raw_fd();
     let (mut reader, mut writer) = tokio::io::split(master);
@@ -238,70 +235,4 @@ fn resize(fd: i32, size: &TerminalSize) {
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the
     // call; `fd` is the pty master, open while the exec runs.
     unsafe { nix::libc::ioctl(fd, nix::libc::TIOCSWINSZ, &ws) };
-}
-
-/// A pty master driven by the reactor.
-struct Pty(AsyncFd<OwnedFd>);
-
-impl Pty {
-    fn new(fd: OwnedFd) -> io::Result<Self> {
-        let flags = nix::fcntl::fcntl(&fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-        Ok(Pty(crate::link::register(fd)?))
-    }
-}
-
-impl AsyncRead for Pty {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard
-                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
-            {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Pty {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
-            {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsRawFd for Pty {
-    fn as_raw_fd(&self) -> i32 {
-        self.0.get_ref().as_raw_fd()
-    }
 }
