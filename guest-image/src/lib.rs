@@ -35,9 +35,10 @@ pub const KERNEL: &str = "vmlinuz";
 /// The initramfs's file name in an image directory.
 pub const INITRAMFS: &str = "initramfs.gz";
 
-/// The modules every guest loads: virtio devices, the file systems and
-/// the networking the engine uses.
-const MODULES: &[&str] = &[
+/// The modules a guest needs before its agent can serve: the virtio
+/// devices, the data disk's file system, overlay and vsock. Init loads them
+/// first, in order (`berth.load`).
+const BOOT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
@@ -47,6 +48,11 @@ const MODULES: &[&str] = &[
     "crc32c_generic",
     "ext4",
     "overlay",
+];
+
+/// The rest: container networking, shared folders, input (the power
+/// button). Init loads them while the agent starts (`berth.later`).
+const LATER_MODULES: &[&str] = &[
     "bridge",
     "br_netfilter",
     "veth",
@@ -70,8 +76,15 @@ const MODULES: &[&str] = &[
     "evdev",
 ];
 
-/// Modules that some architectures' kernels lack or build in.
-const OPTIONAL_MODULES: &[&str] = &["crc32c_intel", "button", "gpio_keys"];
+/// The module lists init reads beside the kernel's modules.
+pub const BOOT_MODULES_LIST: &str = "berth.load";
+/// See [`BOOT_MODULES_LIST`].
+pub const LATER_MODULES_LIST: &str = "berth.later";
+
+/// Modules that some architectures' kernels lack or build in, at boot and
+/// later.
+const OPTIONAL_BOOT_MODULES: &[&str] = &["crc32c_intel"];
+const OPTIONAL_LATER_MODULES: &[&str] = &["button", "gpio_keys"];
 
 /// Errors while building an image.
 #[derive(Debug, thiserror::Error)]
@@ -328,9 +341,14 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
     let builtin = fs::read_to_string(modules_dir.join("modules.builtin"))
         .map(|t| modules::builtin_names(&t))
         .unwrap_or_else(|_| BTreeSet::new());
-    let order =
-        modules::ModuleDeps::parse(&dep_text)?.resolve(MODULES, OPTIONAL_MODULES, &builtin)?;
-    for module in &order {
+    let deps = modules::ModuleDeps::parse(&dep_text)?;
+    let boot = deps.resolve(BOOT_MODULES, OPTIONAL_BOOT_MODULES, &builtin)?;
+    let later: Vec<String> = deps
+        .resolve(LATER_MODULES, OPTIONAL_LATER_MODULES, &builtin)?
+        .into_iter()
+        .filter(|m| !boot.contains(m))
+        .collect();
+    for module in boot.iter().chain(&later) {
         if !module.ends_with(".ko") {
             return Err(ImageError::Modules(format!(
                 "{module} is compressed; init loads plain .ko files only"
@@ -343,12 +361,14 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
             0o644,
         );
     }
-    let list: String = order.iter().map(|m| format!("{m}\n")).collect();
-    archive.add(
-        &format!("lib/modules/{release}/berth.load"),
-        Node::File(list.into_bytes()),
-        0o644,
-    );
+    for (name, list) in [(BOOT_MODULES_LIST, &boot), (LATER_MODULES_LIST, &later)] {
+        let text: String = list.iter().map(|m| format!("{m}\n")).collect();
+        archive.add(
+            &format!("lib/modules/{release}/{name}"),
+            Node::File(text.into_bytes()),
+            0o644,
+        );
+    }
 
     archive.add(
         "etc/os-release",

@@ -35,7 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Failure as u8);
         }
     };
-    match runtime.block_on(berth_cli::run(cli)) {
+    let result = runtime.block_on(berth_cli::run(cli));
+    // A blocking read of stdin (`berth ssh`) may still wait for input that
+    // will never come: the work is done, so do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::from(Exit::Success as u8),
         // A remote command's status is passed on as it is, with nothing said.
         Err(berth_cli::error::CliError::Remote(code)) => {

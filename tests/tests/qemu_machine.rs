@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_guest_image::cpio::{Archive, Node};
-use berth_tests::docker::{busybox_root, docker_cli};
+use berth_tests::docker::{busybox_root, docker_cli, Pty};
 use berth_tests::registry::{Layout, Registry};
 use berth_tests::{bin, process_gone, Berth};
 
@@ -107,6 +107,19 @@ fn qemu_machine_lifecycle() {
     let out = berth.run(&["ssh", "vm", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // An interactive shell: a terminal of the user's size, resized with
+    // it, and the shell's exit status.
+    let mut session = Pty::spawn(berth.command(["ssh", "vm"]), 24, 80);
+    session.write("stty size; echo $((6 * 7))\n");
+    session.expect("24 80", Duration::from_secs(30));
+    session.expect("42", Duration::from_secs(10));
+    session.resize(40, 132);
+    std::thread::sleep(Duration::from_millis(500));
+    session.write("stty size\n");
+    session.expect("40 132", Duration::from_secs(10));
+    session.write("exit 5\n");
+    assert_eq!(session.wait(Duration::from_secs(20)), Some(5));
 
     // The stock docker CLI, the image pulled by the guest from the host.
     docker_ok(&berth, "vm", &["pull", "-q", &image]);

@@ -66,7 +66,7 @@ pub fn main() -> ! {
     }
     info!("init started");
     let settings = cmdline::Settings::from_proc();
-    system::load_modules();
+    system::load_modules(system::BOOT_MODULES);
     if let Err(e) = system::mount_cgroup2() {
         warn!("{e}");
     }
@@ -84,7 +84,6 @@ pub fn main() -> ! {
             power::off();
         }
     }
-    power::watch_button();
     supervise(&settings)
 }
 
@@ -112,6 +111,8 @@ fn supervise(settings: &cmdline::Settings) -> ! {
     }
     let mut agent = start_agent(settings);
     let mut started = Instant::now();
+    // While the agent starts: the modules it does not need for that.
+    system::load_later_modules();
     loop {
         let signal = match signals.wait() {
             Ok(signal) => signal,

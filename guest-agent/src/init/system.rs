@@ -9,10 +9,16 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use tracing::{info, warn};
 
-/// The file, beside the kernel's modules, that lists the modules to load
-/// in order (dependencies first), one path relative to it per line. The
-/// image builder writes it.
-pub const MODULES_LIST: &str = "berth.load";
+/// The files, beside the kernel's modules, that list the modules to load in
+/// order (dependencies first), one path relative to them per line: those
+/// the agent needs to start, and the rest. The image builder writes them.
+pub const BOOT_MODULES: &str = "berth.load";
+/// See [`BOOT_MODULES`].
+pub const LATER_MODULES: &str = "berth.later";
+
+/// Made once every module is loaded, for whatever must wait for them
+/// (container networking).
+pub const MODULES_READY: &str = "/run/berth/modules.ready";
 
 /// A clock before this (2025-01-01) is surely unset: certificates would
 /// not verify.
@@ -100,15 +106,16 @@ fn install_busybox() {
     }
 }
 
-/// Loads the modules the image lists, in order. A module that is built in
-/// or loaded already is fine; one that fails is logged and skipped (the
-/// step that needs it reports what is missing).
-pub fn load_modules() {
+/// Loads the modules the image lists in `list` (one of [`BOOT_MODULES`],
+/// [`LATER_MODULES`]), in order. A module that is built in or loaded
+/// already is fine; one that fails is logged and skipped (the step that
+/// needs it reports what is missing).
+pub fn load_modules(list: &str) {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let dir = Path::new("/lib/modules").join(&release);
-    let list = match fs::read_to_string(dir.join(MODULES_LIST)) {
+    let list = match fs::read_to_string(dir.join(list)) {
         Ok(list) => list,
         Err(e) => {
             warn!("no module list for kernel {release}: {e}");
@@ -124,6 +131,26 @@ pub fn load_modules() {
         }
     }
     info!(loaded, "kernel modules loaded");
+}
+
+/// Loads the modules the agent does not need to start, on a thread of its
+/// own, then watches the power button (whose driver is among them) and
+/// marks the modules ready.
+pub fn load_later_modules() {
+    let spawned = std::thread::Builder::new()
+        .name("modules".into())
+        .spawn(|| {
+            load_modules(LATER_MODULES);
+            super::power::watch_button();
+            if let Err(e) = fs::write(MODULES_READY, b"") {
+                warn!("cannot write {MODULES_READY}: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the module loader: {e}; loading now");
+        load_modules(LATER_MODULES);
+        super::power::watch_button();
+    }
 }
 
 fn load_module(path: &Path) -> io::Result<()> {

@@ -171,6 +171,8 @@ async fn on_terminal(
             Ok(())
         });
     }
+    // The temporary command, and its copies of the slave, are dropped here:
+    // reading the master ends once the session's processes are gone.
     let mut child = tokio::process::Command::from(command).spawn()?;
     let master = crate::link::FdStream::new(master, false)?;
     // The halves share the master, open until both are dropped below.
