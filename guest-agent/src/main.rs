@@ -93,7 +93,13 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::process::id() != 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text for PID 1 and where NO_COLOR is set (the guest's
+        // console, which error messages quote).
+        .with_ansi(
+            std::process::id() != 1
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .init();
 }
 

@@ -186,6 +186,8 @@ fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
     }
     command.envs(settings.env.iter().map(|(k, v)| (k, v)));
     command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    // Its log goes to the console, which error messages on the host quote.
+    command.env("NO_COLOR", "1");
     // Init blocks the signals it waits for; the agent, and every container
     // it starts, must not inherit that.
     // SAFETY: between fork and exec the closure only calls
