@@ -7,7 +7,7 @@ binary and a symbolic link per applet.
   busybox_image.py --tar FILE     a tar that is both an OCI layout and a
                                   `docker save` archive (RepoTags busybox:latest)
 """
-import argparse, hashlib, io, json, os, subprocess, tarfile
+import argparse, datetime, hashlib, io, json, os, subprocess, tarfile
 
 BUSYBOX = "/bin/busybox"
 
@@ -50,6 +50,9 @@ def blobs():
     config = put(json.dumps({
         "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine),
         "os": "linux",
+        # When Debian built the binary: the same bytes on every run.
+        "created": datetime.datetime.fromtimestamp(os.path.getmtime(BUSYBOX), datetime.timezone.utc)
+                   .strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
     }).encode())
