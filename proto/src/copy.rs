@@ -135,17 +135,18 @@ pub fn unpack(input: impl Read, destination: &Path) -> io::Result<PathBuf> {
         .ok_or_else(|| invalid("the copy holds nothing".to_owned()))
 }
 
-/// A [`Read`] over chunks that arrive on a channel (from a stream of
-/// messages), for [`unpack`] on a blocking thread.
+/// A [`Read`] over chunks that an async task sends on a channel (from a
+/// stream of messages), for [`unpack`] on a blocking thread. An error in
+/// the channel is the reader's error: the unpacker says why it stopped.
 pub struct ChunkReader {
-    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunks: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     at: usize,
 }
 
 impl ChunkReader {
     /// Reads what `chunks` yields, until its senders are gone.
-    pub fn new(chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+    pub fn new(chunks: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
         ChunkReader {
             chunks,
             current: Vec::new(),
@@ -157,12 +158,12 @@ impl ChunkReader {
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
                     self.current = chunk?;
                     self.at = 0;
                 }
-                Err(_) => return Ok(0),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len() - self.at);
@@ -302,9 +303,11 @@ mod tests {
 
     #[test]
     fn chunk_reader_and_writer_carry_bytes_whole() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut writer =
-            ChunkWriter::new(|chunk| tx.send(Ok(chunk)).map_err(|_| io::Error::other("gone")));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut writer = ChunkWriter::new(|chunk| {
+            tx.blocking_send(Ok(chunk))
+                .map_err(|_| io::Error::other("gone"))
+        });
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         writer.write_all(&data).unwrap();
         writer.flush().unwrap();

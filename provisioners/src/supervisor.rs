@@ -223,17 +223,8 @@ mod imp {
     }
 
     async fn qemu_gone(files: &Files) {
-        loop {
+        while crate::driver::qemu::qemu_running(files) {
             tokio::time::sleep(QEMU_CHECK).await;
-            let alive = fs::read_to_string(files.pid())
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-                .is_some_and(|pid| {
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-                });
-            if !alive {
-                return;
-            }
         }
     }
 }

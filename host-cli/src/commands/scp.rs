@@ -147,17 +147,14 @@ async fn download(
         .message()
         .await
         .map_err(|s| copy_error(&format!("{name}:{source}"), s.message()))?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUE_CHUNKS);
+    let (tx, rx) = mpsc::channel::<io::Result<Vec<u8>>>(QUEUE_CHUNKS);
     let destination = destination.to_owned();
     let unpacking =
         tokio::task::spawn_blocking(move || copy::unpack(ChunkReader::new(rx), &destination));
     let mut next = first.map(Ok);
     while let Some(chunk) = next {
         let failed = chunk.is_err();
-        let tx = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || tx.send(chunk.map(|c| c.data)))
-            .await
-            .map_err(|e| copy_error("copy", e))?;
+        let sent = tx.send(chunk.map(|c| c.data)).await;
         if sent.is_err() || failed {
             break;
         }

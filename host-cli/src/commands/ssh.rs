@@ -64,7 +64,7 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
         _ => agent_error(status.message().to_owned()),
     };
 
-    let _raw = if interactive {
+    let raw_mode = if interactive {
         terminal::Raw::enter()
     } else {
         None
@@ -116,7 +116,7 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
             },
             Ok(None) => break,
             Err(status) => {
-                drop(_raw);
+                drop(raw_mode);
                 return Err(failed(status));
             }
         }
@@ -125,7 +125,7 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
     if let Some(resizer) = resizer {
         resizer.abort();
     }
-    drop(_raw);
+    drop(raw_mode);
     match code {
         Some(0) => Ok(()),
         Some(code) => Err(CliError::Remote(code)),

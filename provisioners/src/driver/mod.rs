@@ -153,6 +153,15 @@ impl EngineOptions {
     }
 }
 
+/// The first `name` in a directory of `PATH`.
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// The longest socket path a `sockaddr_un` holds, without its NUL.
 const MAX_SOCKET_PATH: usize = 107;
 

@@ -169,16 +169,11 @@ fn find_agent() -> Result<PathBuf, DriverError> {
     if let Some(path) = sibling {
         return Ok(path);
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("berth-agent"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            DriverError::AgentNotFound(format!(
-                "it is neither next to berth nor on PATH; install it or set {AGENT_ENV}"
-            ))
-        })
+    super::find_on_path("berth-agent").ok_or_else(|| {
+        DriverError::AgentNotFound(format!(
+            "it is neither next to berth nor on PATH; install it or set {AGENT_ENV}"
+        ))
+    })
 }
 
 #[cfg(target_os = "linux")]

@@ -247,13 +247,17 @@ impl QemuDriver {
     fn qemu_args(&self, accel: Accel) -> Vec<String> {
         let f = self.files();
         let p = |path: PathBuf| path.display().to_string();
-        let mut args = vec![
+        vec![
             "-name".into(),
             format!("berth-{}", self.context.name),
             "-machine".into(),
             guest_platform().machine.into(),
             "-accel".into(),
-            accel.name().into(),
+            match accel {
+                // One host thread per vCPU where the guest allows it.
+                Accel::Tcg => "tcg,thread=multi".into(),
+                other => other.name().into(),
+            },
             "-cpu".into(),
             if accel == Accel::Tcg { "max" } else { "host" }.into(),
             "-smp".into(),
@@ -299,12 +303,7 @@ impl QemuDriver {
             "virtio-rng-pci".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", p(f.qmp())),
-        ];
-        if accel == Accel::Tcg {
-            // One host thread per vCPU where the guest allows it.
-            args[5] = "tcg,thread=multi".into();
-        }
-        args
+        ]
     }
 
     fn console_tail(&self) -> String {
@@ -354,20 +353,12 @@ fn find_qemu() -> Result<PathBuf, DriverError> {
         guest_arch(),
         std::env::consts::EXE_SUFFIX
     );
-    find_on_path(&name).ok_or_else(|| {
+    super::find_on_path(&name).ok_or_else(|| {
         DriverError::PreCreate(format!(
             "{name} was not found on PATH: install QEMU (Debian: apt-get install qemu-system-x86; \
              macOS: brew install qemu) or set {QEMU_ENV}"
         ))
     })
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The guest image directory: `$BERTH_GUEST_IMAGE`, else `guest-image/ARCH`
@@ -453,11 +444,14 @@ impl Driver for QemuDriver {
             ));
         }
         find_qemu()?;
-        find_on_path(&format!("qemu-img{}", std::env::consts::EXE_SUFFIX)).ok_or_else(|| {
-            DriverError::PreCreate(
-                "qemu-img was not found on PATH: install QEMU's tools (Debian: qemu-utils)".into(),
-            )
-        })?;
+        super::find_on_path(&format!("qemu-img{}", std::env::consts::EXE_SUFFIX)).ok_or_else(
+            || {
+                DriverError::PreCreate(
+                    "qemu-img was not found on PATH: install QEMU's tools (Debian: qemu-utils)"
+                        .into(),
+                )
+            },
+        )?;
         let image = find_image()?;
         platform::verify_image(&image)?;
         let accel = self.config.accel.resolve();
@@ -485,7 +479,7 @@ impl Driver for QemuDriver {
             let qemu = find_qemu()?;
             platform::launch(&qemu, &self.qemu_args(accel), &files).await?;
         }
-        platform::ensure_supervisor(&files)?;
+        platform::ensure_supervisor(&files).await?;
         let timeout = Duration::from_secs(self.config.boot_timeout_secs);
         if let Err(e) = platform::wait_ready(&files, timeout).await {
             // The watchdog: a VM that does not come up is ended, never
@@ -533,6 +527,12 @@ impl Driver for QemuDriver {
             },
         }
     }
+}
+
+/// Whether QEMU runs for the machine whose files are `files` (the
+/// supervisor ends when it does not).
+pub(crate) fn qemu_running(files: &Files) -> bool {
+    platform::qemu_running(files).unwrap_or(false)
 }
 
 #[cfg(unix)]

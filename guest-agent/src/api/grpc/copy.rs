@@ -55,7 +55,7 @@ pub async fn into(mut input: Streaming<CopyInFrame>) -> Result<CopyInResponse, S
             ))
         }
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CHUNKS);
+    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let unpacking =
         tokio::task::spawn_blocking(move || copy::unpack(ChunkReader::new(rx), &destination));
     while let Some(frame) = input.next().await {
@@ -68,7 +68,7 @@ pub async fn into(mut input: Streaming<CopyInFrame>) -> Result<CopyInResponse, S
         };
         let failed = chunk.is_err();
         // The unpacker stops reading when it fails; its error says why.
-        let sent = tokio::task::block_in_place(|| tx.send(chunk));
+        let sent = tx.send(chunk).await;
         if sent.is_err() || failed {
             break;
         }

@@ -142,7 +142,7 @@ fn supervisor_pid(files: &Files) -> Option<Pid> {
 }
 
 /// Starts the supervisor (`berth` itself, detached) unless one runs.
-pub(super) fn ensure_supervisor(files: &Files) -> Result<(), DriverError> {
+pub(super) async fn ensure_supervisor(files: &Files) -> Result<(), DriverError> {
     if supervisor_running(files) {
         return Ok(());
     }
@@ -187,7 +187,7 @@ pub(super) fn ensure_supervisor(files: &Files) -> Result<(), DriverError> {
                 )),
             ));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(DriverError::io(
         "start the machine's supervisor",

@@ -32,7 +32,7 @@ pub(super) fn qemu_running(_: &Files) -> Result<bool, DriverError> {
 pub(super) async fn launch(_: &Path, _: &[String], _: &Files) -> Result<(), DriverError> {
     Err(unsupported())
 }
-pub(super) fn ensure_supervisor(_: &Files) -> Result<(), DriverError> {
+pub(super) async fn ensure_supervisor(_: &Files) -> Result<(), DriverError> {
     Err(unsupported())
 }
 pub(super) async fn wait_ready(_: &Files, _: Duration) -> Result<(), DriverError> {
