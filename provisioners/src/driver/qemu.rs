@@ -531,6 +531,7 @@ impl Driver for QemuDriver {
 
 /// Whether QEMU runs for the machine whose files are `files` (the
 /// supervisor ends when it does not).
+#[cfg(unix)]
 pub(crate) fn qemu_running(files: &Files) -> bool {
     platform::qemu_running(files).unwrap_or(false)
 }
