@@ -45,6 +45,8 @@ pub struct DockerApi {
     pub insecure_registries: Vec<String>,
     /// Mirrors of Docker Hub to pull through (URLs or `host[:port]`).
     pub registry_mirrors: Vec<String>,
+    /// The default network's subnet, if not chosen.
+    pub bridge_subnet: Option<crate::network::ipam::Subnet>,
     /// The engine's labels (`KEY=VALUE`), as `docker info` shows them.
     pub labels: Vec<String>,
     /// Also on TCP, with mutual TLS.
@@ -322,9 +324,14 @@ pub async fn serve(
             for mirror in &docker.registry_mirrors {
                 registry.add_mirror(mirror).map_err(DaemonError::Engine)?;
             }
-            let engine = crate::engine::Engine::open(root, registry, docker.labels.clone())
-                .await
-                .map_err(|e| DaemonError::Engine(e.to_string()))?;
+            let engine = crate::engine::Engine::open(
+                root,
+                registry,
+                docker.labels.clone(),
+                docker.bridge_subnet,
+            )
+            .await
+            .map_err(|e| DaemonError::Engine(e.to_string()))?;
             if let Some((address, files)) = &docker.tcp {
                 let config =
                     crate::api::docker::tls::server_config(files).map_err(DaemonError::Tls)?;

@@ -26,6 +26,7 @@ pub mod host_info;
 pub mod image;
 pub mod init;
 pub mod link;
+pub mod network;
 pub mod runtime;
 
 /// The agent's version, shared with the CLI through `berth-proto`.

@@ -4,14 +4,16 @@
 //! multiplexes everything through it (see `berth_proto::link::tunnel`).
 //!
 //! A virtio-serial port is one byte stream that outlives connections: it
-//! is opened, served as one HTTP/2 connection until that ends (the host
-//! side went away, or sent something that is not HTTP/2), then opened
-//! again for the next. While no host is connected a read returns end of
-//! file at once and the port reports a hang-up (a write would wait for
-//! ever), so an opening ends there and reopening waits [`REOPEN_DELAY`]
-//! between tries.
+//! is opened, greeted (`berth_proto::link::serial`: the handshake that
+//! tells which bytes are this opening's), served as one HTTP/2 connection
+//! until that ends (the host side went away, or sent something that is not
+//! HTTP/2), then opened again for the next. While no host is connected a
+//! read returns end of file at once and the port reports a hang-up (a
+//! write would wait for ever), so an opening ends there and reopening waits
+//! [`REOPEN_DELAY`] between tries.
 //!
-//! This module must never interpret the bytes: that is tonic's job.
+//! Past the handshake this module never interprets the bytes: that is
+//! tonic's job.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -22,6 +24,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use berth_proto::link::serial::{self, Prefixed};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -60,7 +63,7 @@ pub fn port_connections(device: PathBuf) -> ReceiverStream<io::Result<PortStream
     tokio::spawn(async move {
         let mut reported = false;
         loop {
-            match PortStream::open(&device) {
+            match PortStream::open(&device).await {
                 Ok((stream, closed)) => {
                     reported = false;
                     if tx.send(Ok(stream)).await.is_err() {
@@ -69,6 +72,9 @@ pub fn port_connections(device: PathBuf) -> ReceiverStream<io::Result<PortStream
                     // One opener at a time: wait until the server drops it.
                     let _ = closed.await;
                 }
+                // No host connected (or it left mid-greeting): the usual
+                // state between supervisors, not worth a warning.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
                 Err(e) if !reported => {
                     tracing::warn!("cannot open the link port {}: {e}", device.display());
                     reported = true;
@@ -84,16 +90,18 @@ pub fn port_connections(device: PathBuf) -> ReceiverStream<io::Result<PortStream
     ReceiverStream::new(rx)
 }
 
-/// One opening of a virtio-serial port.
+/// One opening of a virtio-serial port, past its handshake.
 #[derive(Debug)]
 pub struct PortStream {
-    stream: FdStream,
+    stream: Prefixed<FdStream>,
     // Told when this opening is dropped, so the port can be opened again.
     _closed: oneshot::Sender<()>,
 }
 
 impl PortStream {
-    fn open(device: &Path) -> io::Result<(Self, oneshot::Receiver<()>)> {
+    /// Opens the port and waits for a host's greeting on it; an error if no
+    /// host is connected, or it leaves first.
+    async fn open(device: &Path) -> io::Result<(Self, oneshot::Receiver<()>)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -102,7 +110,7 @@ impl PortStream {
         let (tx, rx) = oneshot::channel();
         // While no host is connected the port hangs up and a write would
         // wait for ever: this opening is over then.
-        let stream = FdStream::new(OwnedFd::from(file), true)?;
+        let stream = serial::guest_handshake(FdStream::new(OwnedFd::from(file), true)?).await?;
         Ok((
             PortStream {
                 stream,

@@ -37,6 +37,10 @@ enum Command {
         /// (repeatable).
         #[arg(long, value_name = "URL")]
         registry_mirror: Vec<String>,
+        /// The default network's subnet (CIDR); by default the first of
+        /// 172.17–31.0.0/16 that no route of this host uses.
+        #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+        bridge_subnet: Option<berth_agent::network::ipam::Subnet>,
         /// A label of this engine, KEY=VALUE, as `docker info` shows it
         /// (repeatable).
         #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -170,6 +174,7 @@ fn main() -> ExitCode {
             docker_socket,
             insecure_registry,
             registry_mirror,
+            bridge_subnet,
             label,
             docker_tcp,
             tls_ca,
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
                 socket,
                 insecure_registries: insecure_registry,
                 registry_mirrors: registry_mirror,
+                bridge_subnet,
                 labels: label,
                 tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
                     |(address, ((ca, cert), key))| {
@@ -234,4 +240,8 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn parse_subnet(s: &str) -> Result<berth_agent::network::ipam::Subnet, String> {
+    s.parse()
 }

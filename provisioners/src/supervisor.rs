@@ -55,7 +55,7 @@ mod imp {
     use std::path::Path;
     use std::time::Duration;
 
-    use berth_proto::link::{self, tunnel, UnixConnector};
+    use berth_proto::link::{self, tunnel, SerialConnector};
     use berth_proto::pb::tunnel_open::Target;
     use std::collections::BTreeMap;
 
@@ -96,7 +96,7 @@ mod imp {
         lock.set_len(0).map_err(io("write the supervisor's pid"))?;
         writeln!(lock, "{}", std::process::id()).map_err(io("write the supervisor's pid"))?;
 
-        let connector = UnixConnector::new(files.link())
+        let connector = SerialConnector::new(files.link())
             .map_err(|e| io("open the link")(std::io::Error::other(e)))?;
         let channel = link::held_channel(connector);
         let docker = listen(&files.docker_socket())?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_proto::link::{self, UnixConnector};
+use berth_proto::link::{self, SerialConnector};
 use berth_proto::pb::agent_client::AgentClient;
 use berth_proto::pb::exec_input::Kind as In;
 use berth_proto::pb::exec_output::Kind as Out;
@@ -59,7 +59,7 @@ fn the_aarch64_image_boots_and_its_agent_answers() {
         .arg("-kernel")
         .arg(image.join("vmlinuz"))
         .arg("-initrd")
-        .arg(image.join("initramfs.gz"))
+        .arg(image.join(berth_guest_image::INITRAMFS))
         .args([
             "-append",
             "console=ttyAMA0 loglevel=3 panic=-1 berth.hostname=arm",
@@ -97,7 +97,7 @@ fn the_aarch64_image_boots_and_its_agent_answers() {
             assert!(Instant::now() < deadline, "QEMU made no link socket");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let channel = link::held_channel(UnixConnector::new(link_socket.clone()).unwrap());
+        let channel = link::held_channel(SerialConnector::new(link_socket.clone()).unwrap());
         let mut client = AgentClient::new(channel);
         loop {
             let ping = tokio::time::timeout(Duration::from_secs(5), client.ping(PingRequest {}));

@@ -65,11 +65,43 @@ pub struct HostConfig {
     pub restart_policy: RestartPolicy,
     pub auto_remove: bool,
     pub network_mode: String,
+    /// `-p`: `"80/tcp"` → where on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    /// `-P`: every exposed port on a free host port.
+    pub publish_all_ports: bool,
     pub privileged: bool,
     pub readonly_rootfs: bool,
     /// Everything else the client sent, given back as it came.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// One host side of a published port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// A network a container is on, as asked at create or `network connect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// The network's name.
+    pub network: String,
+    /// Its other names there.
+    pub aliases: Vec<String>,
+}
+
+/// A container's networking: where it is to be, and while it runs, where
+/// it is and what it publishes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkState {
+    pub attachments: Vec<Attachment>,
+    pub endpoints: Vec<crate::network::Endpoint>,
+    pub ports: Vec<crate::network::PortMapping>,
 }
 
 /// Where a container is in its life.
@@ -153,4 +185,6 @@ pub struct Record {
     pub host_config: HostConfig,
     pub state: State,
     pub restart_count: i64,
+    #[serde(default)]
+    pub network: NetworkState,
 }

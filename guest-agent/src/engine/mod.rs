@@ -258,6 +258,8 @@ pub struct Engine {
     pub puller: Puller,
     /// Named volumes.
     pub volumes: volumes::Volumes,
+    /// Networks, and containers' places on them.
+    pub networks: Arc<crate::network::Networks>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     execs: exec::Execs,
     events: broadcast::Sender<Event>,
@@ -271,7 +273,8 @@ pub struct Engine {
     pub registry_mirrors: Vec<String>,
 }
 
-fn now() -> String {
+/// Now, as the Docker API writes times.
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
@@ -324,6 +327,7 @@ impl Engine {
         root: &Path,
         registry: RegistryConfig,
         labels: Vec<String>,
+        default_subnet: Option<crate::network::ipam::Subnet>,
     ) -> Result<Arc<Self>, EngineError> {
         for dir in ["containers", "runtime", "volumes"] {
             std::fs::create_dir_all(root.join(dir)).map_err(EngineError::io(format!(
@@ -335,8 +339,11 @@ impl Engine {
         let insecure_registries = registry.insecure.clone();
         let registry_mirrors = registry.mirrors.clone();
         let client = Arc::new(Client::new(registry)?);
+        let networks = crate::network::Networks::open(root, default_subnet)
+            .map_err(|e| EngineError::Invalid(format!("networks: {e}")))?;
         let engine = Arc::new(Engine {
             root: root.to_owned(),
+            networks,
             puller: Puller::new(store.clone(), client.clone()),
             store,
             client,
@@ -483,6 +490,7 @@ impl Engine {
         name: Option<&str>,
         config: ContainerConfig,
         host_config: HostConfig,
+        attachments: Vec<config::Attachment>,
     ) -> Result<String, EngineError> {
         if config.image.is_empty() {
             return Err(EngineError::Invalid("No image was specified".into()));
@@ -518,6 +526,16 @@ impl Engine {
         for bind in host_config.binds.iter().flatten() {
             volumes::parse_bind(bind)?;
         }
+        for a in &attachments {
+            let network = self.networks.find(&a.network).map_err(network_error)?;
+            if !a.aliases.is_empty() && network.is_builtin() {
+                return Err(EngineError::Invalid(
+                    "network-scoped alias is supported only for containers in user defined networks"
+                        .into(),
+                ));
+            }
+        }
+        port_requests(&host_config, &config.exposed_ports)?;
         let id = random_id();
         let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         let name = match name.filter(|n| !n.is_empty()) {
@@ -555,6 +573,10 @@ impl Engine {
             host_config,
             state: State::default(),
             restart_count: 0,
+            network: config::NetworkState {
+                attachments,
+                ..Default::default()
+            },
         };
         let dir = self.container_dir(&id);
         for sub in ["bundle/rootfs", "upper", "work"] {
@@ -628,6 +650,7 @@ impl Engine {
                 r.state.error = message.clone();
                 r.state.exit_code = code;
             });
+            self.unplug(&container).await;
             let _ = self.save(&container);
             let _ = overlay::unmount(&container.dir.join("bundle/rootfs"));
             container.watch.send_modify(|w| w.exits += 1);
@@ -666,6 +689,8 @@ impl Engine {
         }
         let (_, image_config) = self.store.image(&record.image)?;
         let image_cfg = image_config.config.config().clone().unwrap_or_default();
+        let netns = self.plug(container, &image_cfg).await?;
+        let record = container.record();
         let mut binds = self.binds(&record, &image_cfg)?;
         binds.extend(self.etc_files(&record)?);
         let spec = spec::build(
@@ -680,10 +705,18 @@ impl Engine {
             },
         )?;
         let mut spec = spec;
-        if record.host_config.network_mode == "host" {
-            if let Some(linux) = spec.linux_mut() {
-                if let Some(ns) = linux.namespaces_mut() {
-                    ns.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+        if let Some(ns) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.namespaces_mut().as_mut())
+        {
+            if record.host_config.network_mode == "host" {
+                ns.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+            } else if let Some(path) = &netns {
+                for n in ns.iter_mut() {
+                    if n.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+                        n.set_path(Some(path.clone()));
+                    }
                 }
             }
         }
@@ -830,18 +863,37 @@ impl Engine {
         }
         let dir = self.container_dir(&record.id);
         let hostname = &record.config.hostname;
+        // The container's own address names it; without one, 127.0.1.1.
+        let own = record
+            .network
+            .endpoints
+            .iter()
+            .find_map(|e| e.address)
+            .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
         let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
         );
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv: String = resolv
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolver = record
+            .network
+            .endpoints
+            .iter()
+            .find_map(|e| self.networks.resolver(e));
+        let resolv: String = host_resolv
             .lines()
             .filter(|l| {
-                // A loopback resolver of the host is not reachable from
-                // the container's own network.
-                !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
+                // On a user-defined network the network's resolver answers
+                // (and asks the host's for the rest). Otherwise the host's
+                // servers, but not a loopback one: it is not reachable
+                // from the container's own network.
+                if resolver.is_some() {
+                    !l.starts_with("nameserver")
+                } else {
+                    !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
+                }
             })
             .map(|l| format!("{l}\n"))
+            .chain(resolver.map(|r| format!("nameserver {r}\n")))
             .collect();
         let mut out = Vec::new();
         for (file, content) in [
@@ -859,6 +911,229 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+
+    /// Gives a starting container its network namespace, its places on
+    /// its networks and its published ports (kept in its record);
+    /// returns the namespace to run in, or `None` for `host`/`none`.
+    async fn plug(
+        &self,
+        container: &Arc<Container>,
+        image_cfg: &oci_spec::image::Config,
+    ) -> Result<Option<PathBuf>, EngineError> {
+        let record = container.record();
+        if record.network.attachments.is_empty() || record.host_config.network_mode == "host" {
+            return Ok(None);
+        }
+        // Anything an earlier run left.
+        self.unplug(container).await;
+        let networks = &self.networks;
+        let netns = networks
+            .create_netns(&record.id)
+            .await
+            .map_err(network_error)?;
+        let member = crate::network::Member {
+            id: &record.id,
+            name: &record.name,
+            netns: &netns,
+        };
+        let wanted: Vec<(String, Vec<String>)> = record
+            .network
+            .attachments
+            .iter()
+            .map(|a| (a.network.clone(), a.aliases.clone()))
+            .collect();
+        let endpoints = match networks.attach(&member, &wanted, 0).await {
+            Ok(e) => e,
+            Err(e) => {
+                networks.remove_netns(&record.id);
+                return Err(network_error(e));
+            }
+        };
+        container.update(|r| r.network.endpoints = endpoints.clone());
+        let mut exposed = record.config.exposed_ports.clone().unwrap_or_default();
+        for port in image_cfg.exposed_ports().iter().flatten() {
+            exposed
+                .entry(port.clone())
+                .or_insert(serde_json::Value::Null);
+        }
+        let requests = port_requests(&record.host_config, &Some(exposed))?;
+        let target = endpoints.iter().find_map(|e| e.address);
+        if let (Some(address), false) = (target, requests.is_empty()) {
+            match networks.publish(&record.id, &requests, address).await {
+                Ok(ports) => {
+                    container.update(|r| r.network.ports = ports);
+                }
+                Err(e) => {
+                    self.unplug(container).await;
+                    return Err(network_error(e));
+                }
+            }
+        }
+        Ok(Some(netns))
+    }
+
+    /// `docker network connect`: puts container `key` on `network` (now,
+    /// if it runs; at its next start otherwise).
+    pub async fn connect(
+        &self,
+        key: &str,
+        network: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let _guard = container.lifecycle.lock().await;
+        let net = self.networks.find(network).map_err(network_error)?;
+        let record = container.record();
+        if !net.is_bridge() || record.host_config.network_mode == "host" {
+            return Err(EngineError::Invalid(format!(
+                "container cannot be disconnected from host network or connected to {} network",
+                net.name
+            )));
+        }
+        if record
+            .network
+            .attachments
+            .iter()
+            .any(|a| a.network == net.name)
+        {
+            return Err(EngineError::Conflict(format!(
+                "endpoint with name {} already exists in network {}",
+                record.name, net.name
+            )));
+        }
+        if record.network.attachments.is_empty() {
+            return Err(EngineError::Invalid(
+                "container sharing network namespace with none cannot be connected".into(),
+            ));
+        }
+        if record.state.status.is_running() {
+            let netns = self.networks.netns_path(&record.id);
+            let member = crate::network::Member {
+                id: &record.id,
+                name: &record.name,
+                netns: &netns,
+            };
+            let endpoints = self
+                .networks
+                .attach(
+                    &member,
+                    &[(net.name.clone(), aliases.clone())],
+                    record.network.endpoints.len(),
+                )
+                .await
+                .map_err(network_error)?;
+            container.update(|r| r.network.endpoints.extend(endpoints));
+        }
+        container.update(|r| {
+            r.network.attachments.push(config::Attachment {
+                network: net.name.clone(),
+                aliases,
+            })
+        });
+        self.save(&container)?;
+        self.emit(
+            "network",
+            "connect",
+            &net.id,
+            BTreeMap::from([
+                ("container".to_owned(), record.id.clone()),
+                ("name".to_owned(), net.name.clone()),
+            ]),
+        );
+        Ok(())
+    }
+
+    /// `docker network disconnect`: takes container `key` off `network`.
+    pub async fn disconnect(&self, key: &str, network: &str) -> Result<(), EngineError> {
+        let container = self.container(key)?;
+        let _guard = container.lifecycle.lock().await;
+        let net = self.networks.find(network).map_err(network_error)?;
+        let record = container.record();
+        if !record
+            .network
+            .attachments
+            .iter()
+            .any(|a| a.network == net.name)
+        {
+            return Err(EngineError::Invalid(format!(
+                "container {} is not connected to network {}",
+                record.id, net.name
+            )));
+        }
+        let gone: Vec<crate::network::Endpoint> = record
+            .network
+            .endpoints
+            .iter()
+            .filter(|e| e.network_id == net.id)
+            .cloned()
+            .collect();
+        self.networks.detach(&record.id, &gone).await;
+        container.update(|r| {
+            r.network.attachments.retain(|a| a.network != net.name);
+            r.network.endpoints.retain(|e| e.network_id != net.id);
+        });
+        self.save(&container)?;
+        self.emit(
+            "network",
+            "disconnect",
+            &net.id,
+            BTreeMap::from([
+                ("container".to_owned(), record.id.clone()),
+                ("name".to_owned(), net.name.clone()),
+            ]),
+        );
+        Ok(())
+    }
+
+    /// Takes back the networking of a container that ran on while the
+    /// agent restarted: addresses, names, published ports.
+    async fn renew_network(&self, container: &Container) {
+        let record = container.record();
+        if record.network.endpoints.is_empty() {
+            return;
+        }
+        let netns = self.networks.netns_path(&record.id);
+        let member = crate::network::Member {
+            id: &record.id,
+            name: &record.name,
+            netns: &netns,
+        };
+        let requests: Vec<crate::network::PortRequest> = record
+            .network
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(crate::network::PortRequest {
+                    container_port: p.container_port,
+                    protocol: crate::network::proxy::Protocol::parse(&p.protocol).ok()?,
+                    host_ip: p.host_ip.parse().ok(),
+                    host_port: p.host_port,
+                })
+            })
+            .collect();
+        if let Err(e) = self
+            .networks
+            .restore(&member, &record.network.endpoints, &requests)
+            .await
+        {
+            warn!(container = %record.id, "restoring its networking: {e}");
+        }
+    }
+
+    /// Undoes [`Engine::plug`]: ports closed, links and addresses given
+    /// back, the namespace let go.
+    async fn unplug(&self, container: &Container) {
+        let record = container.record();
+        self.networks.unpublish(&record.id);
+        self.networks
+            .detach(&record.id, &record.network.endpoints)
+            .await;
+        self.networks.remove_netns(&record.id);
+        container.update(|r| {
+            r.network.endpoints.clear();
+            r.network.ports.clear();
+        });
     }
 
     /// Takes over the connection to a container's shim: output to
@@ -948,6 +1223,7 @@ impl Engine {
         if let Err(e) = overlay::unmount(&rootfs) {
             warn!(container = %container.id, "unmount the rootfs: {e}");
         }
+        self.unplug(&container).await;
         let record = container.update(|r| {
             r.state.status = Status::Exited;
             r.state.exit_code = code;
@@ -1223,11 +1499,13 @@ impl Engine {
             match connect_unix(&path.join(shim::SOCKET)).await {
                 Ok(stream) => {
                     info!(container = %record.id, "reconnected to its shim");
+                    self.renew_network(&container).await;
                     self.attach_shim(container, stream, None);
                 }
                 Err(_) => {
                     let exit = read_exit(&path).await;
                     let _ = overlay::unmount(&path.join("bundle/rootfs"));
+                    self.unplug(&container).await;
                     container.update(|r| {
                         r.state.status = Status::Exited;
                         r.state.pid = 0;
@@ -1258,6 +1536,13 @@ impl Engine {
                 }
             }
         }
+        let running: std::collections::BTreeSet<String> = self
+            .containers()
+            .iter()
+            .filter(|c| c.record().state.status.is_running())
+            .map(|c| c.id.clone())
+            .collect();
+        self.networks.sweep(&running).await;
         for id in to_start {
             if let Err(e) = self.start(&id).await {
                 warn!(container = %id, "restart after the agent restarted: {e}");
@@ -1278,6 +1563,80 @@ impl Engine {
         let t = humantime::parse_rfc3339_weak(at.trim_end_matches('Z').split('.').next()?).ok()?;
         SystemTime::now().duration_since(t).ok()
     }
+}
+
+/// A network failure in the classes the Docker API answers with.
+pub fn network_error(e: crate::network::NetworkError) -> EngineError {
+    use crate::network::NetworkError as N;
+    match e {
+        N::NotFound(_) => EngineError::NotFound(e.to_string()),
+        N::Conflict(_) | N::Forbidden(_) => EngineError::Conflict(e.to_string()),
+        N::Invalid(_) => EngineError::Invalid(e.to_string()),
+        N::System(_) => EngineError::Internal(e.to_string()),
+    }
+}
+
+/// The ports a container publishes: its `-p` bindings, and with `-P`
+/// every port it exposes that has none, on a free host port.
+pub fn port_requests(
+    host: &HostConfig,
+    exposed: &Option<BTreeMap<String, serde_json::Value>>,
+) -> Result<Vec<crate::network::PortRequest>, EngineError> {
+    use crate::network::{proxy::Protocol, PortRequest};
+    let parse_key = |key: &str| -> Result<(u16, Protocol), EngineError> {
+        let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| EngineError::Invalid(format!("invalid port specification: {key:?}")))?;
+        Ok((port, Protocol::parse(proto).map_err(EngineError::Invalid)?))
+    };
+    let mut out = Vec::new();
+    let mut bound = std::collections::BTreeSet::new();
+    for (key, bindings) in host.port_bindings.iter().flatten() {
+        let (container_port, protocol) = parse_key(key)?;
+        bound.insert((container_port, protocol));
+        let default = [config::PortBinding::default()];
+        let bindings = match bindings.as_deref() {
+            Some(b) if !b.is_empty() => b,
+            _ => &default,
+        };
+        for b in bindings {
+            let host_ip = match b.host_ip.as_str() {
+                "" => None,
+                ip => Some(ip.parse().map_err(|_| {
+                    EngineError::Invalid(format!("invalid host IP {ip:?} for port {key}"))
+                })?),
+            };
+            let host_port = match b.host_port.as_str() {
+                "" => 0,
+                p => p.parse::<u16>().map_err(|_| {
+                    EngineError::Invalid(format!("invalid host port {p:?} for port {key}"))
+                })?,
+            };
+            out.push(PortRequest {
+                container_port,
+                protocol,
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    if host.publish_all_ports {
+        for key in exposed.iter().flatten().map(|(k, _)| k) {
+            let (container_port, protocol) = parse_key(key)?;
+            if bound.insert((container_port, protocol)) {
+                out.push(PortRequest {
+                    container_port,
+                    protocol,
+                    host_ip: None,
+                    host_port: 0,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn validate_restart(host: &HostConfig) -> Result<(), EngineError> {

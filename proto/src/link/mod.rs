@@ -20,9 +20,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod serial;
 pub mod tunnel;
 mod unix;
 
+pub use serial::SerialConnector;
 pub use unix::UnixConnector;
 
 /// How long opening one stream to an agent may take before it counts as

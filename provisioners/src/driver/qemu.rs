@@ -3,7 +3,7 @@
 //! `berth-agent`), with a persistent qcow2 data disk.
 //!
 //! ```text
-//! <machine dir>/image/         the guest image, copied at create (image.json, vmlinuz, initramfs.gz)
+//! <machine dir>/image/         the guest image, copied at create (image.json, vmlinuz, initramfs.cpio)
 //! <machine dir>/disk.qcow2     the data disk (ext4, formatted by the guest on first boot)
 //! <machine dir>/qemu.pid       QEMU's pid while it runs
 //! <machine dir>/qmp.sock       QMP: state, powerdown, quit
@@ -243,8 +243,9 @@ impl QemuDriver {
         line
     }
 
-    /// QEMU's command line for this machine.
-    fn qemu_args(&self, accel: Accel) -> Vec<String> {
+    /// QEMU's command line for this machine, booting the files `image`
+    /// names in the machine's image directory.
+    fn qemu_args(&self, accel: Accel, image: &berth_image::Manifest) -> Vec<String> {
         let f = self.files();
         let p = |path: PathBuf| path.display().to_string();
         vec![
@@ -273,9 +274,9 @@ impl QemuDriver {
             "-pidfile".into(),
             p(f.pid()),
             "-kernel".into(),
-            p(f.image().join(berth_image::KERNEL)),
+            p(f.image().join(&image.kernel.file)),
             "-initrd".into(),
-            p(f.image().join(berth_image::INITRAMFS)),
+            p(f.image().join(&image.initramfs.file)),
             "-append".into(),
             self.kernel_cmdline(),
             "-chardev".into(),
@@ -477,7 +478,13 @@ impl Driver for QemuDriver {
         let accel = self.config.accel.resolve();
         if !platform::qemu_running(&files)? {
             let qemu = find_qemu()?;
-            platform::launch(&qemu, &self.qemu_args(accel), &files).await?;
+            let image = berth_image::Manifest::load(&files.image()).map_err(|e| {
+                DriverError::io(
+                    "read the machine's guest image",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            platform::launch(&qemu, &self.qemu_args(accel, &image), &files).await?;
         }
         platform::ensure_supervisor(&files).await?;
         let timeout = Duration::from_secs(self.config.boot_timeout_secs);
@@ -557,6 +564,21 @@ mod tests {
         )
     }
 
+    fn image() -> berth_image::Manifest {
+        let file = |name: &str| berth_image::ImageFile {
+            file: name.into(),
+            digest: "sha256:00".into(),
+            size: 1,
+        };
+        berth_image::Manifest {
+            arch: berth_image::Arch::X86_64,
+            kernel_release: "6.1.0".into(),
+            kernel: file("vmlinuz"),
+            initramfs: file("initramfs.cpio"),
+            digest: "sha256:00".into(),
+        }
+    }
+
     #[test]
     fn command_line_names_every_part() {
         let d = driver(QemuConfig {
@@ -568,14 +590,14 @@ mod tests {
             },
             ..QemuConfig::default()
         });
-        let args = d.qemu_args(Accel::Tcg).join(" ");
+        let args = d.qemu_args(Accel::Tcg, &image()).join(" ");
         for part in [
             "-accel tcg,thread=multi",
             "-cpu max",
             "-m 2048M",
             "-smp 2",
             "-kernel /m/dev/image/vmlinuz",
-            "-initrd /m/dev/image/initramfs.gz",
+            "-initrd /m/dev/image/initramfs.cpio",
             "socket,id=link,path=/m/dev/link.sock,server=on,wait=off",
             "virtserialport,chardev=link,name=org.berth.agent.0",
             "file=/m/dev/disk.qcow2,if=none",
@@ -590,7 +612,7 @@ mod tests {
              berth.label=tier=dev berth.env=HTTP_PROXY=http://p:3128"
         ));
         assert!(driver(QemuConfig::default())
-            .qemu_args(Accel::Kvm)
+            .qemu_args(Accel::Kvm, &image())
             .join(" ")
             .contains("-accel kvm -cpu host"));
     }

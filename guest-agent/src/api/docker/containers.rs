@@ -1,6 +1,7 @@
 //! `/containers/…`: create, list, inspect, start, stop, restart, kill,
 //! wait, attach (hijacked), resize, rename, logs, remove, prune.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{channel_body, empty, json, read_json, ApiError, Body, Query, Result};
-use crate::engine::config::{ContainerConfig, HostConfig, Status};
+use crate::engine::config::{Attachment, ContainerConfig, HostConfig, Record, Status};
 use crate::engine::{logs, Container, Engine, WaitCondition};
 
 /// The create body: `Config` fields at the top, plus `HostConfig`.
@@ -23,6 +24,49 @@ struct CreateBody {
     config: ContainerConfig,
     #[serde(rename = "HostConfig", default)]
     host_config: HostConfig,
+    #[serde(rename = "NetworkingConfig", default)]
+    networking: NetworkingConfig,
+}
+
+/// `NetworkingConfig`: the endpoint settings per network.
+#[derive(Default, serde::Deserialize)]
+struct NetworkingConfig {
+    #[serde(rename = "EndpointsConfig", default)]
+    endpoints: Option<BTreeMap<String, EndpointSettings>>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct EndpointSettings {
+    #[serde(rename = "Aliases", default)]
+    aliases: Option<Vec<String>>,
+}
+
+/// The networks a new container joins, from its network mode and endpoint
+/// settings: none for `host` and `none`, else the named network (the
+/// default one for `default`/`bridge`/empty) with its aliases.
+fn attachments(
+    mode: &str,
+    endpoints: Option<BTreeMap<String, EndpointSettings>>,
+) -> Result<Vec<Attachment>> {
+    let network = match mode {
+        "host" | "none" => return Ok(Vec::new()),
+        "" | "default" => crate::network::DEFAULT_NETWORK,
+        m if m.starts_with("container:") => {
+            return Err(ApiError::bad_request(
+                "sharing another container's network (--network container:…) is not supported",
+            ))
+        }
+        m => m,
+    };
+    let mut endpoints = endpoints.unwrap_or_default();
+    let aliases = endpoints
+        .remove(network)
+        .and_then(|e| e.aliases)
+        .unwrap_or_default();
+    Ok(vec![Attachment {
+        network: network.to_owned(),
+        aliases,
+    }])
 }
 
 /// A stdcopy frame: stream, three zero bytes, big-endian length, bytes.
@@ -42,7 +86,8 @@ pub(super) async fn create(engine: &Arc<Engine>, req: Request<Incoming>) -> Resu
     // `other` keeps what we do not model; the HostConfig is its own field.
     config.other.remove("HostConfig");
     config.other.remove("NetworkingConfig");
-    let id = engine.create(name.as_deref(), config, body.host_config)?;
+    let attachments = attachments(&body.host_config.network_mode, body.networking.endpoints)?;
+    let id = engine.create(name.as_deref(), config, body.host_config, attachments)?;
     Ok(json(
         StatusCode::CREATED,
         &json!({"Id": id, "Warnings": []}),
@@ -112,6 +157,88 @@ fn command_line(path: &str, args: &[String]) -> String {
         .join(" ")
 }
 
+/// `NetworkSettings.Networks`: the container's place on each network
+/// (addresses only while it runs).
+pub(super) fn endpoints_json(r: &Record) -> Value {
+    let mut out = serde_json::Map::new();
+    for a in &r.network.attachments {
+        let e = r.network.endpoints.iter().find(|e| e.network == a.network);
+        let (ip, prefix, gateway, mac, endpoint, network_id) = match e {
+            Some(e) => (
+                e.address.map(|a| a.to_string()).unwrap_or_default(),
+                e.prefix,
+                e.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                e.mac.clone(),
+                e.endpoint_id.clone(),
+                e.network_id.clone(),
+            ),
+            None => Default::default(),
+        };
+        let mut dns_names = vec![r.name.clone(), r.id[..12].to_owned()];
+        dns_names.extend(a.aliases.iter().cloned());
+        out.insert(
+            a.network.clone(),
+            json!({
+                "IPAMConfig": null, "Links": null,
+                "Aliases": if a.aliases.is_empty() { Value::Null } else { json!(a.aliases) },
+                "MacAddress": mac, "NetworkID": network_id, "EndpointID": endpoint,
+                "Gateway": gateway, "IPAddress": ip, "IPPrefixLen": prefix,
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "DriverOpts": null,
+                "DNSNames": if a.network == crate::network::DEFAULT_NETWORK { Value::Null } else { json!(dns_names) },
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// `NetworkSettings` of `inspect`: networks, published ports (`docker
+/// port` reads these), and the default network's address at the top as
+/// dockerd gives it.
+fn network_settings(r: &Record) -> Value {
+    let mut ports = serde_json::Map::new();
+    let mut exposed: Vec<String> = r
+        .config
+        .exposed_ports
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    for p in &r.network.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        exposed.retain(|k| *k != key);
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
+        }
+    }
+    for key in exposed {
+        ports.entry(key).or_insert(Value::Null);
+    }
+    let default = r
+        .network
+        .endpoints
+        .iter()
+        .find(|e| e.network == crate::network::DEFAULT_NETWORK);
+    let sandbox = if r.network.endpoints.is_empty() {
+        String::new()
+    } else {
+        r.id[..12].to_owned()
+    };
+    json!({
+        "Bridge": "", "SandboxID": sandbox, "SandboxKey": "",
+        "HairpinMode": false, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+        "Ports": ports,
+        "EndpointID": default.map(|e| e.endpoint_id.clone()).unwrap_or_default(),
+        "Gateway": default.and_then(|e| e.gateway).map(|g| g.to_string()).unwrap_or_default(),
+        "IPAddress": default.and_then(|e| e.address).map(|a| a.to_string()).unwrap_or_default(),
+        "IPPrefixLen": default.map_or(0, |e| e.prefix),
+        "MacAddress": default.map(|e| e.mac.clone()).unwrap_or_default(),
+        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+        "Networks": endpoints_json(r),
+    })
+}
+
 /// A `docker ps` row.
 pub(super) fn summary(_engine: &Engine, c: &Container) -> Value {
     let r = c.record();
@@ -124,10 +251,13 @@ pub(super) fn summary(_engine: &Engine, c: &Container) -> Value {
         "Created": created_unix(&r.created),
         "State": r.state.status.as_str(),
         "Status": status_text(c),
-        "Ports": [],
+        "Ports": r.network.ports.iter().map(|p| json!({
+            "IP": p.host_ip, "PrivatePort": p.container_port,
+            "PublicPort": p.host_port, "Type": p.protocol,
+        })).collect::<Vec<_>>(),
         "Labels": r.config.labels.clone().unwrap_or_default(),
         "HostConfig": {"NetworkMode": if r.host_config.network_mode.is_empty() { "default" } else { &r.host_config.network_mode }},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": endpoints_json(&r)},
         "Mounts": [],
     })
 }
@@ -244,7 +374,7 @@ pub(super) fn inspect(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> 
             }},
             "Mounts": mounts,
             "Config": config,
-            "NetworkSettings": {"Networks": {}, "Ports": {}},
+            "NetworkSettings": network_settings(&r),
         }),
     ))
 }

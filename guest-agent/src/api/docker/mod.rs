@@ -9,6 +9,7 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod networks;
 mod procs;
 mod system;
 pub mod tls;
@@ -493,6 +494,14 @@ async fn dispatch(
         (&M::POST, ["containers", id, "rename"]) => containers::rename(engine, id, &req),
         (&M::GET, ["containers", id, "logs"]) => containers::logs(engine, id, &req),
         (&M::DELETE, ["containers", id]) => containers::remove(engine, id, &req).await,
+
+        (&M::GET, ["networks"]) => networks::list(engine, &req),
+        (&M::POST, ["networks", "create"]) => networks::create(engine, req).await,
+        (&M::POST, ["networks", "prune"]) => networks::prune(engine, &req).await,
+        (&M::GET, ["networks", id]) => networks::inspect(engine, id),
+        (&M::DELETE, ["networks", id]) => networks::remove(engine, id).await,
+        (&M::POST, ["networks", id, "connect"]) => networks::connect(engine, id, req).await,
+        (&M::POST, ["networks", id, "disconnect"]) => networks::disconnect(engine, id, req).await,
 
         (&M::POST, ["volumes", "create"]) => system::volume_create(engine, req).await,
         (&M::GET, ["volumes"]) => system::volume_list(engine, &req),

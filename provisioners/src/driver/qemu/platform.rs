@@ -47,9 +47,14 @@ pub(super) fn verify_image(dir: &Path) -> Result<(), DriverError> {
 pub(super) fn copy_image(from: &Path, to: &Path) -> Result<(), DriverError> {
     let tmp = to.with_extension("tmp");
     let copy = || -> io::Result<()> {
+        let manifest = image::Manifest::load(from).map_err(|e| io::Error::other(e.to_string()))?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        for name in [image::KERNEL, image::INITRAMFS, image::MANIFEST] {
+        for name in [
+            &manifest.kernel.file,
+            &manifest.initramfs.file,
+            image::MANIFEST,
+        ] {
             fs::copy(from.join(name), tmp.join(name))?;
         }
         fs::rename(&tmp, to)

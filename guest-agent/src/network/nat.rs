@@ -1,0 +1,139 @@
+//! The packet filter's part: one nftables table of Berth's own (`ip
+//! berth`), replaced whole in one transaction whenever the networks
+//! change, and deleted when the agent stops. It masquerades what leaves a
+//! network for the outside, and keeps networks from reaching each other.
+//! Other tables (the host's firewall, iptables-nft) are left alone.
+//!
+//! The table is written by the `nft` program (Debian's `nftables`; shipped
+//! in our guest image): it speaks the kernel's nf_tables netlink dialect,
+//! which this agent does not.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::ipam::Subnet;
+
+/// The table's name.
+pub const TABLE: &str = "berth";
+
+/// A network as the rules see it.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Its bridge.
+    pub bridge: String,
+    /// Its subnet.
+    pub subnet: Subnet,
+    /// Whether it may reach the outside (not `--internal`).
+    pub outbound: bool,
+}
+
+/// The ruleset for `networks`: the table deleted and made again, so that
+/// applying it replaces whatever was there.
+pub fn ruleset(networks: &[Rule]) -> String {
+    let mut text = format!("table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+    text.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for n in networks.iter().filter(|n| n.outbound) {
+        text.push_str(&format!(
+            "    ip saddr {} oifname != \"{}\" masquerade\n",
+            n.subnet, n.bridge
+        ));
+    }
+    text.push_str("  }\n");
+    text.push_str(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
+    if !networks.is_empty() {
+        let bridges: Vec<String> = networks
+            .iter()
+            .map(|n| format!("\"{}\"", n.bridge))
+            .collect();
+        let set = bridges.join(", ");
+        for n in networks {
+            // Not into another of our networks, and not out at all when
+            // internal.
+            text.push_str(&format!(
+                "    iifname \"{b}\" oifname {{ {set} }} oifname != \"{b}\" drop\n",
+                b = n.bridge
+            ));
+            if !n.outbound {
+                text.push_str(&format!(
+                    "    iifname \"{b}\" oifname != \"{b}\" drop\n    oifname \"{b}\" iifname != \"{b}\" drop\n",
+                    b = n.bridge
+                ));
+            }
+        }
+    }
+    text.push_str("  }\n}\n");
+    text
+}
+
+/// The command that removes the table (if it is there).
+pub fn teardown() -> String {
+    format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
+}
+
+/// Runs `nft -f -` with `script`.
+pub fn apply(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run nft ({e}): container networking needs nftables (Debian: apt-get install nftables)"
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("cannot write to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("nft did not finish: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft refused the rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Turns on IPv4 forwarding, without which nothing leaves a network.
+pub fn enable_forwarding() -> Result<(), String> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_masquerade_and_isolate() {
+        let text = ruleset(&[
+            Rule {
+                bridge: "berth0".into(),
+                subnet: "172.17.0.0/16".parse().unwrap(),
+                outbound: true,
+            },
+            Rule {
+                bridge: "br-abc".into(),
+                subnet: "172.18.0.0/16".parse().unwrap(),
+                outbound: false,
+            },
+        ]);
+        assert!(text.starts_with("table ip berth\ndelete table ip berth\n"));
+        assert!(text.contains("ip saddr 172.17.0.0/16 oifname != \"berth0\" masquerade"));
+        assert!(!text.contains("172.18.0.0/16 oifname"), "internal: no NAT");
+        assert!(text.contains(
+            "iifname \"berth0\" oifname { \"berth0\", \"br-abc\" } oifname != \"berth0\" drop"
+        ));
+        assert!(text.contains("iifname \"br-abc\" oifname != \"br-abc\" drop"));
+    }
+}
