@@ -2,7 +2,7 @@
 //! `/init` is `berth-agent`, for the `qemu` driver.
 //!
 //! Inputs are files, never the network: the kernel package's tree (with
-//! `modules.dep` from `depmod`), a sysroot holding busybox and `mke2fs`
+//! `modules.dep` from `depmod`), a sysroot holding busybox, `mke2fs` and `nft`
 //! with its libraries (unpacked Debian packages), and a static
 //! `berth-agent`. `scripts/build-guest-image` fetches and unpacks them. The
 //! same inputs give the same bytes: entries are written in path order with
@@ -60,24 +60,25 @@ const LATER_MODULES: &[&str] = &[
     "bridge",
     "br_netfilter",
     "veth",
+    // What the agent's nftables table uses: NAT chains, masquerade, and
+    // the filter chain that keeps networks apart.
     "nf_conntrack",
     "nf_nat",
     "nf_tables",
     "nft_chain_nat",
     "nft_masq",
-    "nft_nat",
-    "nft_ct",
-    "nft_compat",
-    "ip_tables",
-    "iptable_nat",
-    "iptable_filter",
-    "xt_MASQUERADE",
-    "xt_conntrack",
-    "xt_addrtype",
     "9pnet_virtio",
     "9p",
     "virtiofs",
     "evdev",
+];
+
+/// Dynamically linked tools from the sysroot (path there, path in the
+/// image): `mke2fs` formats the data disk, `nft` writes the agent's
+/// NAT table.
+const TOOLS: &[(&str, &str)] = &[
+    ("sbin/mke2fs", "usr/sbin/mke2fs"),
+    ("usr/sbin/nft", "usr/sbin/nft"),
 ];
 
 /// The module lists init reads beside the kernel's modules.
@@ -224,8 +225,8 @@ pub struct Inputs {
     pub arch: Arch,
     /// The unpacked kernel package: `boot/vmlinuz-*`, `lib/modules/*/`.
     pub kernel_root: PathBuf,
-    /// Unpacked packages with `bin/busybox` and `sbin/mke2fs` and the
-    /// libraries `mke2fs` needs.
+    /// Unpacked packages with `bin/busybox`, `sbin/mke2fs` and
+    /// `usr/sbin/nft`, and the libraries they need.
     pub sysroot: PathBuf,
     /// A static `berth-agent` for `arch`.
     pub agent: PathBuf,
@@ -318,15 +319,18 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
     // the shell is needed before that.
     archive.add("bin/sh", Node::Symlink("busybox".into()), 0o777);
 
-    // mke2fs and what it needs, at the paths its loader looks in.
-    for file in elf::closure(&inputs.sysroot, "sbin/mke2fs", inputs.arch.triplet())? {
-        let data = elf::read_in_root(&inputs.sysroot, &file)?;
-        let at = if file == "sbin/mke2fs" {
-            "usr/sbin/mke2fs".to_owned()
-        } else {
-            file
-        };
-        archive.add(&at, Node::File(data), 0o755);
+    // The dynamically linked tools and what they need, at the paths their
+    // loader looks in.
+    for (tool, at) in TOOLS {
+        for file in elf::closure(&inputs.sysroot, tool, inputs.arch.triplet())? {
+            let data = elf::read_in_root(&inputs.sysroot, &file)?;
+            let path = if file == *tool {
+                (*at).to_owned()
+            } else {
+                file
+            };
+            archive.add(&path, Node::File(data), 0o755);
+        }
     }
     if inputs.sysroot.join("etc/mke2fs.conf").is_file() {
         archive.add(

@@ -17,7 +17,7 @@ struct Cli {
     /// The unpacked kernel package (boot/vmlinuz-*, lib/modules/*/modules.dep).
     #[arg(long, value_name = "DIR")]
     kernel_root: PathBuf,
-    /// Unpacked packages holding bin/busybox and sbin/mke2fs with its libraries.
+    /// Unpacked packages holding bin/busybox, sbin/mke2fs and usr/sbin/nft with their libraries.
     #[arg(long, value_name = "DIR")]
     sysroot: PathBuf,
     /// A static berth-agent built for the guest architecture.

@@ -41,7 +41,7 @@ ensure_rust_targets() {
 # crates with build scripts, the shells and process tools the tests drive.
 BUILD_PACKAGES=(build-essential pkg-config)
 TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo apache2-utils openssl bsdutils
-  qemu-system-x86 qemu-utils)
+  qemu-system-x86 qemu-utils nftables iproute2 python3)
 
 # ensure_docker_cli: the stock docker client the Engine API is tested
 # against; Debian's docker.io when none is on PATH.

@@ -68,7 +68,19 @@ impl Engine {
     }
 
     /// As [`Engine::start`], the agent given `extra` arguments.
+    ///
+    /// Tests run side by side on one host, so each agent gets a default
+    /// network of its own (`--bridge-subnet`, unless `extra` names one):
+    /// two agents choosing alike while both idle would both route it.
     pub fn start_with(extra: &[String]) -> Self {
+        static NEXT_SUBNET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let mut extra = extra.to_vec();
+        if !extra.iter().any(|a| a == "--bridge-subnet") {
+            let n = NEXT_SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
+            extra.push("--bridge-subnet".into());
+            extra.push(format!("10.213.{n}.0/24"));
+        }
+        let extra = &extra[..];
         let registry = Registry::start();
         Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
         let root = tempfile::Builder::new()

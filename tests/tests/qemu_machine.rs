@@ -74,6 +74,18 @@ fn pid_in(path: &Path) -> i32 {
         .unwrap()
 }
 
+/// The body of `GET path` on 127.0.0.1:`port`, if a 200 came back.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.") && head.contains(" 200 ")).then(|| body.to_owned())
+}
+
 #[test]
 fn qemu_machine_lifecycle() {
     let _ = guest_image();
@@ -133,6 +145,71 @@ fn qemu_machine_lifecycle() {
     );
     let out = docker(&berth, "vm", &["run", "--rm", &image, "sh", "-c", "exit 4"]);
     assert_eq!(out.status.code(), Some(4));
+
+    // Containers reach out through the guest (NAT) and publish ports that
+    // the supervisor forwards to this machine's loopback.
+    let v2 = docker_ok(
+        &berth,
+        "vm",
+        &[
+            "run",
+            "--rm",
+            &image,
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{guest_registry}/v2/"),
+        ],
+    );
+    assert_eq!(v2.trim(), "{}");
+    let published = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    docker_ok(
+        &berth,
+        "vm",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{published}:80"),
+            &image,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        ],
+    );
+    let hostname = docker_ok(
+        &berth,
+        "vm",
+        &["inspect", "-f", "{{.Config.Hostname}}", "web"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match http_get(published, "/hostname") {
+            Some(body) if body.ends_with(&hostname) => break,
+            other if Instant::now() > deadline => {
+                panic!("published port {published} not forwarded: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    docker_ok(&berth, "vm", &["rm", "-f", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", published)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {published} still forwarded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Stop is graceful; the data disk keeps the image across a start.
     let qemu = pid_in(&dir.join("qemu.pid"));
@@ -209,27 +286,14 @@ fn qemu_machine_lifecycle() {
         "-c",
         &format!("mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p {port} -h /tmp/www"),
     ]);
-    let get = || -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
     let deadline = Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        match get() {
-            Some(body) if body.contains("forwarded") => break body,
+    loop {
+        match http_get(port, "/index.html") {
+            Some(body) if body == "forwarded\n" => break,
             _ if Instant::now() > deadline => panic!("port {port} was not forwarded"),
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
-    };
-    assert!(
-        body.starts_with("HTTP/1.") && body.contains(" 200 "),
-        "{body}"
-    );
+    }
     berth.ok(&["ssh", "vm", "--", "killall", "httpd"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

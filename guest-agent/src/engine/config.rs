@@ -100,8 +100,23 @@ pub struct Attachment {
 #[serde(default)]
 pub struct NetworkState {
     pub attachments: Vec<Attachment>,
+    /// The running process's network namespace (bind mount).
+    pub netns: Option<std::path::PathBuf>,
     pub endpoints: Vec<crate::network::Endpoint>,
     pub ports: Vec<crate::network::PortMapping>,
+}
+
+impl NetworkState {
+    /// Takes out what belongs to the run that ended (namespace, places on
+    /// networks, ports), leaving what the container asked for.
+    pub fn take_run(&mut self) -> NetworkState {
+        NetworkState {
+            attachments: Vec::new(),
+            netns: self.netns.take(),
+            endpoints: std::mem::take(&mut self.endpoints),
+            ports: std::mem::take(&mut self.ports),
+        }
+    }
 }
 
 /// Where a container is in its life.

@@ -641,7 +641,9 @@ impl Engine {
         if let Err(e) = &started {
             let message = e.to_string();
             let code = start_failure_code(&message);
+            let mut network = config::NetworkState::default();
             let record = container.update(|r| {
+                network = r.network.take_run();
                 r.state.status = if r.state.started_at.is_some() {
                     Status::Exited
                 } else {
@@ -650,7 +652,7 @@ impl Engine {
                 r.state.error = message.clone();
                 r.state.exit_code = code;
             });
-            self.unplug(&container).await;
+            self.release(&record.id, network).await;
             let _ = self.save(&container);
             let _ = overlay::unmount(&container.dir.join("bundle/rootfs"));
             container.watch.send_modify(|w| w.exits += 1);
@@ -922,16 +924,23 @@ impl Engine {
         image_cfg: &oci_spec::image::Config,
     ) -> Result<Option<PathBuf>, EngineError> {
         let record = container.record();
-        if record.network.attachments.is_empty() || record.host_config.network_mode == "host" {
+        if record.host_config.network_mode == "host" {
             return Ok(None);
         }
         // Anything an earlier run left.
-        self.unplug(container).await;
+        let mut earlier = config::NetworkState::default();
+        container.update(|r| earlier = r.network.take_run());
+        self.release(&record.id, earlier).await;
         let networks = &self.networks;
         let netns = networks
             .create_netns(&record.id)
             .await
             .map_err(network_error)?;
+        container.update(|r| r.network.netns = Some(netns.clone()));
+        if record.network.attachments.is_empty() {
+            // `none`: loopback only.
+            return Ok(Some(netns));
+        }
         let member = crate::network::Member {
             id: &record.id,
             name: &record.name,
@@ -943,13 +952,10 @@ impl Engine {
             .iter()
             .map(|a| (a.network.clone(), a.aliases.clone()))
             .collect();
-        let endpoints = match networks.attach(&member, &wanted, 0).await {
-            Ok(e) => e,
-            Err(e) => {
-                networks.remove_netns(&record.id);
-                return Err(network_error(e));
-            }
-        };
+        let endpoints = networks
+            .attach(&member, &wanted, 0)
+            .await
+            .map_err(network_error)?;
         container.update(|r| r.network.endpoints = endpoints.clone());
         let mut exposed = record.config.exposed_ports.clone().unwrap_or_default();
         for port in image_cfg.exposed_ports().iter().flatten() {
@@ -964,10 +970,7 @@ impl Engine {
                 Ok(ports) => {
                     container.update(|r| r.network.ports = ports);
                 }
-                Err(e) => {
-                    self.unplug(container).await;
-                    return Err(network_error(e));
-                }
+                Err(e) => return Err(network_error(e)),
             }
         }
         Ok(Some(netns))
@@ -1007,12 +1010,11 @@ impl Engine {
                 "container sharing network namespace with none cannot be connected".into(),
             ));
         }
-        if record.state.status.is_running() {
-            let netns = self.networks.netns_path(&record.id);
+        if let (true, Some(netns)) = (record.state.status.is_running(), &record.network.netns) {
             let member = crate::network::Member {
                 id: &record.id,
                 name: &record.name,
-                netns: &netns,
+                netns,
             };
             let endpoints = self
                 .networks
@@ -1090,14 +1092,13 @@ impl Engine {
     /// agent restarted: addresses, names, published ports.
     async fn renew_network(&self, container: &Container) {
         let record = container.record();
-        if record.network.endpoints.is_empty() {
+        let Some(netns) = &record.network.netns else {
             return;
-        }
-        let netns = self.networks.netns_path(&record.id);
+        };
         let member = crate::network::Member {
             id: &record.id,
             name: &record.name,
-            netns: &netns,
+            netns,
         };
         let requests: Vec<crate::network::PortRequest> = record
             .network
@@ -1121,19 +1122,17 @@ impl Engine {
         }
     }
 
-    /// Undoes [`Engine::plug`]: ports closed, links and addresses given
-    /// back, the namespace let go.
-    async fn unplug(&self, container: &Container) {
-        let record = container.record();
-        self.networks.unpublish(&record.id);
-        self.networks
-            .detach(&record.id, &record.network.endpoints)
-            .await;
-        self.networks.remove_netns(&record.id);
-        container.update(|r| {
-            r.network.endpoints.clear();
-            r.network.ports.clear();
-        });
+    /// Undoes [`Engine::plug`] for one run of container `id`, as taken out
+    /// of its record ([`config::NetworkState::take_run`]): ports closed,
+    /// links and addresses given back, the namespace let go.
+    async fn release(&self, id: &str, run: config::NetworkState) {
+        if !run.ports.is_empty() {
+            self.networks.unpublish(id);
+        }
+        self.networks.detach(id, &run.endpoints).await;
+        if let Some(netns) = &run.netns {
+            self.networks.remove_netns(netns);
+        }
     }
 
     /// Takes over the connection to a container's shim: output to
@@ -1223,8 +1222,12 @@ impl Engine {
         if let Err(e) = overlay::unmount(&rootfs) {
             warn!(container = %container.id, "unmount the rootfs: {e}");
         }
-        self.unplug(&container).await;
+        // The run's networking leaves the record with the status change, so
+        // a start from now on begins afresh; it is torn down before anyone
+        // waiting on the exit hears of it.
+        let mut network = config::NetworkState::default();
         let record = container.update(|r| {
+            network = r.network.take_run();
             r.state.status = Status::Exited;
             r.state.exit_code = code;
             r.state.pid = 0;
@@ -1234,6 +1237,7 @@ impl Engine {
             }
         });
         let _ = self.save(&container);
+        self.release(&record.id, network).await;
         container.watch.send_modify(|w| w.exits += 1);
         self.emit_container("die", &record, &[("exitCode", code.to_string())]);
 
@@ -1505,7 +1509,9 @@ impl Engine {
                 Err(_) => {
                     let exit = read_exit(&path).await;
                     let _ = overlay::unmount(&path.join("bundle/rootfs"));
-                    self.unplug(&container).await;
+                    let mut run = config::NetworkState::default();
+                    container.update(|r| run = r.network.take_run());
+                    self.release(&record.id, run).await;
                     container.update(|r| {
                         r.state.status = Status::Exited;
                         r.state.pid = 0;
@@ -1536,13 +1542,18 @@ impl Engine {
                 }
             }
         }
-        let running: std::collections::BTreeSet<String> = self
-            .containers()
-            .iter()
-            .filter(|c| c.record().state.status.is_running())
-            .map(|c| c.id.clone())
-            .collect();
-        self.networks.sweep(&running).await;
+        let (mut netns, mut links) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for c in self.containers() {
+            let r = c.record();
+            if r.state.status.is_running() {
+                netns.extend(r.network.netns.clone());
+                links.extend(r.network.endpoints.iter().map(|e| e.host_link.clone()));
+            }
+        }
+        self.networks.sweep(&netns, &links).await;
         for id in to_start {
             if let Err(e) = self.start(&id).await {
                 warn!(container = %id, "restart after the agent restarted: {e}");

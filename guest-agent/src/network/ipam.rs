@@ -121,6 +121,14 @@ pub fn default_pool() -> impl Iterator<Item = Subnet> {
 /// The subnets the host routes to (its own networks), from
 /// `/proc/net/route`'s text.
 pub fn host_routes(proc_net_route: &str) -> Vec<Subnet> {
+    routes_by_link(proc_net_route)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// As [`host_routes`], with the link each goes through.
+pub fn routes_by_link(proc_net_route: &str) -> Vec<(String, Subnet)> {
     proc_net_route
         .lines()
         .skip(1)
@@ -135,7 +143,8 @@ pub fn host_routes(proc_net_route: &str) -> Vec<Subnet> {
             // The kernel prints each network-order word as a native integer.
             let prefix = mask.count_ones() as u8;
             let destination = Ipv4Addr::from(destination.to_ne_bytes());
-            Subnet::new(destination, prefix.clamp(8, 30)).ok()
+            let subnet = Subnet::new(destination, prefix.clamp(8, 30)).ok()?;
+            Some(((*fields.first()?).to_owned(), subnet))
         })
         .collect()
 }

@@ -197,8 +197,13 @@ impl Netlink {
         }
     }
 
-    /// The names of this namespace's links whose name starts with `prefix`.
-    pub async fn links_named(&self, prefix: &str) -> Result<Vec<String>, LinkError> {
+    /// The names starting with `prefix` of the links attached to any of
+    /// `bridges`.
+    pub async fn links_on(
+        &self,
+        bridges: &[String],
+        prefix: &str,
+    ) -> Result<Vec<String>, LinkError> {
         use rtnetlink::packet_route::link::LinkAttribute;
         let links: Vec<_> = self
             .handle
@@ -208,14 +213,26 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| LinkError::netlink("list links", e))?;
-        Ok(links
-            .into_iter()
-            .filter_map(|l| {
-                l.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) if n.starts_with(prefix) => Some(n),
-                    _ => None,
-                })
+        let name = |l: &rtnetlink::packet_route::link::LinkMessage| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
             })
+        };
+        let bridge_indexes: Vec<u32> = links
+            .iter()
+            .filter(|l| name(l).is_some_and(|n| bridges.contains(&n)))
+            .map(|l| l.header.index)
+            .collect();
+        Ok(links
+            .iter()
+            .filter(|l| {
+                l.attributes.iter().any(
+                    |a| matches!(a, LinkAttribute::Controller(i) if bridge_indexes.contains(i)),
+                )
+            })
+            .filter_map(name)
+            .filter(|n| n.starts_with(prefix))
             .collect())
     }
 

@@ -10,7 +10,10 @@
 //!
 //! Networks are kept in `<root>/networks.json`; the default one
 //! (`bridge`) is made on first open with a subnet that none of the host's
-//! routes uses. A network's bridge, rules and resolver exist only while a
+//! routes uses. Every name an agent gives the host — bridges `br-<id>`,
+//! the nftables table `berth_<id>` — comes from its networks' ids, so
+//! that agents with different roots on one host (tests, several native
+//! machines) never touch each other's. A network's bridge, rules and resolver exist only while a
 //! container uses it, and a container's links, addresses and ports only
 //! while it runs: [`Networks::detach`] undoes all of [`Networks::attach`].
 
@@ -36,8 +39,6 @@ use proxy::{Protocol, Published};
 
 /// The default network's name, as dockerd calls it.
 pub const DEFAULT_NETWORK: &str = "bridge";
-/// The default network's bridge (not `docker0`, which may be dockerd's).
-pub const DEFAULT_BRIDGE: &str = "berth0";
 
 /// The container's interface names: `eth0`, `eth1`, …
 const INTERFACE_PREFIX: &str = "eth";
@@ -211,6 +212,8 @@ pub struct Networks {
     /// Serializes changes to links and rules.
     changing: tokio::sync::Mutex<()>,
     upstream: Arc<Vec<SocketAddr>>,
+    /// This agent's nftables table.
+    table: String,
 }
 
 fn builtin(name: &str, driver: &str) -> Network {
@@ -227,6 +230,20 @@ fn builtin(name: &str, driver: &str) -> Network {
         labels: BTreeMap::new(),
         options: BTreeMap::new(),
     }
+}
+
+/// A subnet of the default pool that neither the host's routes nor
+/// `used` overlap.
+fn free_subnet(used: &[Subnet]) -> Result<Subnet, NetworkError> {
+    let mut taken = std::fs::read_to_string("/proc/net/route")
+        .map(|t| ipam::host_routes(&t))
+        .unwrap_or_default();
+    taken.extend_from_slice(used);
+    ipam::choose(ipam::default_pool(), &taken).ok_or_else(|| {
+        NetworkError::Conflict(
+            "no free subnet is left in the default pools: give one with --subnet".into(),
+        )
+    })
 }
 
 fn short_hash(text: &str) -> String {
@@ -272,27 +289,33 @@ impl Networks {
         let upstream = std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| dns::nameservers(&t))
             .unwrap_or_default();
+        if !networks.values().any(|n| n.name == DEFAULT_NETWORK) {
+            let used: Vec<Subnet> = networks.values().filter_map(Network::subnet).collect();
+            let subnet = match default_subnet {
+                Some(s) => s,
+                None => free_subnet(&used)?,
+            };
+            let mut default = builtin(DEFAULT_NETWORK, "bridge");
+            default.id = crate::engine::random_id();
+            default.subnet = Some(subnet.to_string());
+            default.gateway = Some(subnet.first_host());
+            default.bridge = format!("br-{}", &default.id[..12]);
+            default.created = crate::engine::now();
+            networks.insert(default.id.clone(), default);
+        }
+        let table = networks
+            .values()
+            .find(|n| n.name == DEFAULT_NETWORK)
+            .map(|n| format!("berth_{}", &n.id[..12]))
+            .unwrap_or_else(|| "berth".into());
         let this = Networks {
             file,
             netns_dir,
             state: Mutex::new(State::default()),
             changing: tokio::sync::Mutex::new(()),
             upstream: Arc::new(upstream),
+            table,
         };
-        if !networks.values().any(|n| n.name == DEFAULT_NETWORK) {
-            let used: Vec<Subnet> = networks.values().filter_map(Network::subnet).collect();
-            let subnet = match default_subnet {
-                Some(s) => s,
-                None => this.free_subnet(&used)?,
-            };
-            let mut default = builtin(DEFAULT_NETWORK, "bridge");
-            default.id = crate::engine::random_id();
-            default.subnet = Some(subnet.to_string());
-            default.gateway = Some(subnet.first_host());
-            default.bridge = DEFAULT_BRIDGE.into();
-            default.created = crate::engine::now();
-            networks.insert(default.id.clone(), default);
-        }
         for b in [builtin("host", "host"), builtin("none", "null")] {
             networks.insert(b.id.clone(), b);
         }
@@ -315,20 +338,6 @@ impl Networks {
             .collect();
         crate::engine::write_json_durable(&self.file, &kept)
             .map_err(|e| NetworkError::System(e.to_string()))
-    }
-
-    /// A subnet of the default pool that neither the host's routes nor
-    /// `used` overlap.
-    fn free_subnet(&self, used: &[Subnet]) -> Result<Subnet, NetworkError> {
-        let mut taken = std::fs::read_to_string("/proc/net/route")
-            .map(|t| ipam::host_routes(&t))
-            .unwrap_or_default();
-        taken.extend_from_slice(used);
-        ipam::choose(ipam::default_pool(), &taken).ok_or_else(|| {
-            NetworkError::Conflict(
-                "no free subnet is left in the default pools: give one with --subnet".into(),
-            )
-        })
     }
 
     /// Every network, built-in ones included.
@@ -402,7 +411,7 @@ impl Networks {
                     }
                     s
                 }
-                None => self.free_subnet(&used)?,
+                None => free_subnet(&used)?,
             };
             let gateway = gateway.unwrap_or_else(|| subnet.first_host());
             if !subnet.contains(gateway) {
@@ -486,6 +495,40 @@ impl Networks {
                 )))
             }
         };
+        // Another link may have taken the subnet since it was chosen (a
+        // VPN, another agent's bridge).
+        let clash = std::fs::read_to_string("/proc/net/route")
+            .map(|t| ipam::routes_by_link(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(link, route)| *link != network.bridge && route.overlaps(&subnet));
+        let (network, subnet, gateway) = match clash {
+            None => (network.clone(), subnet, gateway),
+            Some((link, route)) if network.name == DEFAULT_NETWORK => {
+                // The default network is ours to move while nobody is on it.
+                let used: Vec<Subnet> = self
+                    .list()
+                    .iter()
+                    .filter(|n| n.id != network.id)
+                    .filter_map(Network::subnet)
+                    .collect();
+                let moved = free_subnet(&used)?;
+                warn!(%subnet, %link, %route, "the default network's subnet is taken; moving it to {moved}");
+                let mut n = network.clone();
+                n.subnet = Some(moved.to_string());
+                n.gateway = Some(moved.first_host());
+                self.lock().networks.insert(n.id.clone(), n.clone());
+                self.save()?;
+                (n, moved, moved.first_host())
+            }
+            Some((link, route)) => {
+                return Err(NetworkError::Conflict(format!(
+                    "network {}'s subnet {subnet} overlaps {route}, routed through {link} on this host: remove the network and make it with another --subnet",
+                    network.name
+                )))
+            }
+        };
+        let network = &network;
         let netlink = Netlink::open()?;
         let deadline = std::time::Instant::now() + BRIDGE_WAIT;
         loop {
@@ -524,7 +567,7 @@ impl Networks {
         self.lock()
             .live
             .insert(network.id.clone(), Live { records, resolver });
-        self.apply_rules()
+        self.apply_rules().await
     }
 
     /// Takes network `network` down: resolver, rules, bridge.
@@ -532,7 +575,7 @@ impl Networks {
         if self.lock().live.remove(&network.id).is_none() {
             return;
         }
-        if let Err(e) = self.apply_rules() {
+        if let Err(e) = self.apply_rules().await {
             warn!("updating the NAT rules: {e}");
         }
         if let Ok(netlink) = Netlink::open() {
@@ -543,7 +586,7 @@ impl Networks {
     }
 
     /// Writes the rules for the live networks.
-    fn apply_rules(&self) -> Result<(), NetworkError> {
+    async fn apply_rules(&self) -> Result<(), NetworkError> {
         let rules: Vec<nat::Rule> = {
             let state = self.lock();
             state
@@ -561,22 +604,18 @@ impl Networks {
         };
         nat::enable_forwarding().map_err(NetworkError::System)?;
         let script = if rules.is_empty() {
-            nat::teardown()
+            nat::teardown(&self.table)
         } else {
-            nat::ruleset(&rules)
+            nat::ruleset(&self.table, &rules)
         };
-        nat::apply(&script).map_err(NetworkError::System)
+        nat::apply(&script).await.map_err(NetworkError::System)
     }
 
-    /// Where container `id`'s network namespace is bound.
-    pub fn netns_path(&self, id: &str) -> PathBuf {
-        self.netns_dir.join(id)
-    }
-
-    /// Makes container `id`'s network namespace (with loopback up).
+    /// Makes a network namespace for a run of container `id` (with
+    /// loopback up), bound at a path of that run's own.
     pub async fn create_netns(&self, id: &str) -> Result<PathBuf, NetworkError> {
-        let path = self.netns_path(id);
-        link::remove_netns(&path);
+        let run = &crate::engine::random_id()[..8];
+        let path = self.netns_dir.join(format!("{id}-{run}"));
         link::create_netns(&path)?;
         let up = async {
             Netlink::open_in(&path)?.loopback_up().await?;
@@ -630,6 +669,8 @@ impl Networks {
         }
         let _changing = self.changing.lock().await;
         self.activate(&network).await?;
+        // Activation may have moved it (the default network's subnet).
+        let network = self.find(&network.id)?;
         let subnet = network.subnet().ok_or_else(|| {
             NetworkError::System(format!("network {} has no subnet", network.name))
         })?;
@@ -641,15 +682,16 @@ impl Networks {
             .entry(network.id.clone())
             .or_default()
             .insert(address);
-        let tag = short_hash(&format!("{}/{}", member.id, network.id));
+        // Names of this run's own: what a run that ended tears down can
+        // never be what a new run made.
+        let endpoint_id = crate::engine::random_id();
+        let tag = short_hash(&format!("{}/{endpoint_id}", member.id));
         let host_link = format!("{HOST_VETH_PREFIX}{tag}");
         let peer = format!("{PEER_VETH_PREFIX}{tag}");
         let interface = format!("{INTERFACE_PREFIX}{index}");
         let mac = mac_for(address);
         let plugged = async {
             let host = Netlink::open()?;
-            // A pair left by a container that died with the agent.
-            host.delete(&host_link).await?;
             host.plug(&host_link, &peer, &network.bridge, member.netns)
                 .await?;
             let inside = Netlink::open_in(member.netns)?;
@@ -675,7 +717,7 @@ impl Networks {
         let endpoint = Endpoint {
             network_id: network.id.clone(),
             network: network.name.clone(),
-            endpoint_id: crate::engine::random_id(),
+            endpoint_id,
             address: Some(address),
             prefix: subnet.prefix(),
             gateway: network.gateway,
@@ -733,9 +775,12 @@ impl Networks {
         }
     }
 
-    /// Lets go of container `id`'s namespace.
-    pub fn remove_netns(&self, id: &str) {
-        link::remove_netns(&self.netns_path(id));
+    /// Lets go of a namespace made by [`Networks::create_netns`].
+    pub fn remove_netns(&self, path: &Path) {
+        // Only ours: a path from a record is checked before it is unmounted.
+        if path.parent() == Some(self.netns_dir.as_path()) {
+            link::remove_netns(path);
+        }
     }
 
     /// Takes back what a container that still runs had when the agent
@@ -825,12 +870,12 @@ impl Networks {
     }
 
     /// Removes namespaces and links that no running container owns (left
-    /// by containers that died while the agent was away).
-    pub async fn sweep(&self, running: &BTreeSet<String>) {
+    /// by containers that died while the agent was away): `netns` and
+    /// `links` are what the running ones have.
+    pub async fn sweep(&self, netns: &BTreeSet<PathBuf>, links: &BTreeSet<String>) {
         if let Ok(entries) = std::fs::read_dir(&self.netns_dir) {
             for entry in entries.flatten() {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                if !running.contains(&id) {
+                if !netns.contains(&entry.path()) {
                     link::remove_netns(&entry.path());
                 }
             }
@@ -838,19 +883,17 @@ impl Networks {
         let Ok(host) = Netlink::open() else {
             return;
         };
-        let owned: BTreeSet<String> = {
-            let state = self.lock();
-            running
-                .iter()
-                .flat_map(|id| {
-                    state.networks.keys().map(move |n| {
-                        format!("{HOST_VETH_PREFIX}{}", short_hash(&format!("{id}/{n}")))
-                    })
-                })
-                .collect()
-        };
-        if let Ok(links) = host.links_named(HOST_VETH_PREFIX).await {
-            for name in links.into_iter().filter(|l| !owned.contains(l)) {
+        // Host ends on our bridges whose containers are gone (a link that
+        // is on another agent's bridge is that agent's business).
+        let ours: Vec<String> = self
+            .lock()
+            .networks
+            .values()
+            .filter(|n| n.is_bridge())
+            .map(|n| n.bridge.clone())
+            .collect();
+        if let Ok(found) = host.links_on(&ours, HOST_VETH_PREFIX).await {
+            for name in found.into_iter().filter(|l| !links.contains(l)) {
                 let _ = host.delete(&name).await;
             }
         }
@@ -867,7 +910,7 @@ impl Networks {
             let _ = host.delete(&network.bridge).await;
         }
         if self.lock().live.is_empty() {
-            let _ = nat::apply(&nat::teardown());
+            let _ = nat::apply(&nat::teardown(&self.table)).await;
         }
     }
 }

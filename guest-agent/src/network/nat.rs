@@ -1,6 +1,6 @@
-//! The packet filter's part: one nftables table of Berth's own (`ip
-//! berth`), replaced whole in one transaction whenever the networks
-//! change, and deleted when the agent stops. It masquerades what leaves a
+//! The packet filter's part: one nftables table per agent (`ip
+//! berth_<id>`), replaced whole in one transaction whenever its networks
+//! change, and deleted when none is in use. It masquerades what leaves a
 //! network for the outside, and keeps networks from reaching each other.
 //! Other tables (the host's firewall, iptables-nft) are left alone.
 //!
@@ -8,13 +8,9 @@
 //! in our guest image): it speaks the kernel's nf_tables netlink dialect,
 //! which this agent does not.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::ipam::Subnet;
-
-/// The table's name.
-pub const TABLE: &str = "berth";
 
 /// A network as the rules see it.
 #[derive(Debug, Clone)]
@@ -27,10 +23,10 @@ pub struct Rule {
     pub outbound: bool,
 }
 
-/// The ruleset for `networks`: the table deleted and made again, so that
-/// applying it replaces whatever was there.
-pub fn ruleset(networks: &[Rule]) -> String {
-    let mut text = format!("table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+/// The ruleset of table `table` for `networks`: the table deleted and
+/// made again, so that applying it replaces whatever was there.
+pub fn ruleset(table: &str, networks: &[Rule]) -> String {
+    let mut text = format!("table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
     text.push_str(
         "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
     );
@@ -69,14 +65,15 @@ pub fn ruleset(networks: &[Rule]) -> String {
     text
 }
 
-/// The command that removes the table (if it is there).
-pub fn teardown() -> String {
-    format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
+/// The command that removes table `table` (if it is there).
+pub fn teardown(table: &str) -> String {
+    format!("table ip {table}\ndelete table ip {table}\n")
 }
 
 /// Runs `nft -f -` with `script`.
-pub fn apply(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
+pub async fn apply(script: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -90,10 +87,12 @@ pub fn apply(script: &str) -> Result<(), String> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
+            .await
             .map_err(|e| format!("cannot write to nft: {e}"))?;
     }
     let out = child
         .wait_with_output()
+        .await
         .map_err(|e| format!("nft did not finish: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -116,19 +115,22 @@ mod tests {
 
     #[test]
     fn rules_masquerade_and_isolate() {
-        let text = ruleset(&[
-            Rule {
-                bridge: "berth0".into(),
-                subnet: "172.17.0.0/16".parse().unwrap(),
-                outbound: true,
-            },
-            Rule {
-                bridge: "br-abc".into(),
-                subnet: "172.18.0.0/16".parse().unwrap(),
-                outbound: false,
-            },
-        ]);
-        assert!(text.starts_with("table ip berth\ndelete table ip berth\n"));
+        let text = ruleset(
+            "berth_1",
+            &[
+                Rule {
+                    bridge: "berth0".into(),
+                    subnet: "172.17.0.0/16".parse().unwrap(),
+                    outbound: true,
+                },
+                Rule {
+                    bridge: "br-abc".into(),
+                    subnet: "172.18.0.0/16".parse().unwrap(),
+                    outbound: false,
+                },
+            ],
+        );
+        assert!(text.starts_with("table ip berth_1\ndelete table ip berth_1\n"));
         assert!(text.contains("ip saddr 172.17.0.0/16 oifname != \"berth0\" masquerade"));
         assert!(!text.contains("172.18.0.0/16 oifname"), "internal: no NAT");
         assert!(text.contains(
