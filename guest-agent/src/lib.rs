@@ -1,25 +1,26 @@
 //! `berth-agent`: everything that runs on a container host.
 //!
-//! One static binary serves `berth` over gRPC (and, as later layers land,
-//! the Docker Engine API to `docker`). This library is what the thin binary
-//! in `main.rs` drives and what the tests exercise.
+//! One static binary serves `berth` over gRPC and the Docker Engine API to
+//! `docker`. This library is what the thin binary in `main.rs` drives and
+//! what the tests exercise.
 //!
-//! Layers present today:
 //! - [`daemon`] — one agent per storage root: the root lock, the listening
-//!   socket (stale ones removed safely), graceful shutdown.
-//! - [`api`] — the front doors; today the gRPC [`api::grpc::AgentService`].
-//! - [`host_info`] — what the agent reports about its host (kernel, OS,
-//!   CPUs, memory, storage).
-//! - [`runtime`] — the OCI runtime (`berth-agent runtime …`), runc's verbs
-//!   over a bundle; in progress.
-//!
-//! Not yet here (see the README): the image store, networking, the
-//! builder, the engine state and the Docker API.
+//!   sockets (stale ones removed safely), graceful shutdown.
+//! - [`api`] — the front doors: gRPC for `berth`, the Docker Engine API.
+//! - [`engine`] — containers, images and volumes as durable state.
+//! - [`build`] — `docker build`: the Dockerfile builder and its cache.
+//! - [`image`] — the image store, the registry client, layers.
+//! - [`network`] — bridges, addresses, NAT, published ports, DNS.
+//! - [`runtime`] — the OCI runtime (`berth-agent runtime …`).
+//! - [`init`] — PID 1 of the guest image.
+//! - [`link`] — the agent's end of a VM's link.
+//! - [`host_info`] — what the agent reports about its host.
 
 #![deny(missing_docs)]
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod build;
 pub mod daemon;
 pub mod engine;
 pub mod host_info;

@@ -20,6 +20,7 @@
 //! records.
 
 pub mod archive;
+pub mod commit;
 pub mod config;
 pub mod exec;
 pub mod frame;
@@ -461,6 +462,15 @@ impl Engine {
                 .filter(|(_, r)| r.config.hex().starts_with(hex));
             if let Some((n, r)) = found.next() {
                 return Ok((n.clone(), r.clone()));
+            }
+            // An image made here that no name points at.
+            if let Some((id, local)) = self
+                .store
+                .local_images()?
+                .into_iter()
+                .find(|(id, _)| id.hex().starts_with(hex))
+            {
+                return Ok((id.to_string(), local.record));
             }
         }
         Err(EngineError::NotFound(format!("No such image: {name}")))

@@ -11,11 +11,13 @@
 //! - [`pull`] — reference → manifest → blobs → snapshots → name.
 //! - [`archive`] — `save` and `load`: OCI layouts and `docker save` tars.
 //! - [`push`] — name → blobs (skipped, mounted or uploaded) → manifest.
+//! - [`commit`] — a container's writable layer → a layer → a new image.
 //! - [`progress`] — what a pull or push is doing, blob by blob.
 //! - [`cli`] — `berth-agent image …`.
 
 pub mod archive;
 pub mod cli;
+pub mod commit;
 pub mod digest;
 pub mod gzip;
 pub mod manifest;

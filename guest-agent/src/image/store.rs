@@ -5,7 +5,8 @@
 //! <root>/ingest/<random>             blobs being written (cleared on open)
 //! <root>/snapshots/<chain id hex>/   one unpacked layer each: fs/ and info.json
 //! <root>/snapshots/.tmp-<random>/    a snapshot being unpacked (cleared on open)
-//! <root>/images.json                 names → the image they point at
+//! <root>/images.json                 names → the image they point at, and
+//!                                    the images kept by id (what builds made)
 //! ```
 //!
 //! Nothing half-written is ever visible under a final name: blobs and
@@ -47,6 +48,27 @@ pub struct ImageRecord {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Names {
     images: BTreeMap<String, ImageRecord>,
+    /// Images kept by id whether or not a name points at them, keyed by
+    /// the id's hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    local: BTreeMap<String, LocalImage>,
+}
+
+/// An image made on this host (by a build or a commit), kept by its id:
+/// it stays when its last name goes (`<none>` in `docker images`), and a
+/// build's intermediate images stay as its cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalImage {
+    /// What it is.
+    pub record: ImageRecord,
+    /// The image it was made on, if that was one of ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Digest>,
+    /// A build step's image that is not the build's result: listed only
+    /// by `docker images -a`.
+    #[serde(default)]
+    pub intermediate: bool,
 }
 
 /// A snapshot's description, in its `info.json`.
@@ -60,6 +82,9 @@ pub struct SnapshotInfo {
     /// The uncompressed size.
     pub size: u64,
 }
+
+/// An empty directory: the lower layer of an image that has none.
+const EMPTY_DIR: &str = "empty";
 
 /// The store.
 #[derive(Debug)]
@@ -203,7 +228,7 @@ impl Store {
     /// Opens (creating) the store at `root`, clearing work left by an
     /// interrupted writer.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
-        for dir in ["blobs/sha256", "ingest", "snapshots"] {
+        for dir in ["blobs/sha256", "ingest", "snapshots", EMPTY_DIR] {
             fs::create_dir_all(root.join(dir))
                 .map_err(io(format!("create {}", root.join(dir).display())))?;
         }
@@ -419,6 +444,30 @@ impl Store {
             .ok_or_else(|| ImageError::NotFound(format!("image {name}")))
     }
 
+    /// Keeps `image` by its id (replacing what was kept under that id).
+    pub fn keep(&self, image: LocalImage) -> Result<(), ImageError> {
+        self.with_names(|n| {
+            n.local.insert(image.record.config.hex().to_owned(), image);
+            Ok(())
+        })
+    }
+
+    /// Stops keeping image `id` by its id; its names stay.
+    pub fn forget(&self, id: &Digest) -> Result<Option<LocalImage>, ImageError> {
+        self.with_names(|n| Ok(n.local.remove(id.hex())))
+    }
+
+    /// Every image kept by id.
+    pub fn local_images(&self) -> Result<BTreeMap<Digest, LocalImage>, ImageError> {
+        let _guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self
+            .load_names()?
+            .local
+            .into_values()
+            .map(|l| (l.record.config.clone(), l))
+            .collect())
+    }
+
     /// An image's manifest and config, read from the store.
     pub fn image(
         &self,
@@ -436,7 +485,9 @@ impl Store {
     }
 
     /// The snapshot directories an image's rootfs stacks, topmost first,
-    /// for [`crate::runtime::overlay::Overlay`].
+    /// for [`crate::runtime::overlay::Overlay`]. An image without layers
+    /// (built `FROM scratch`) stacks one empty directory, as overlayfs
+    /// needs a lower layer.
     pub fn lowers(&self, record: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
         let (_, config) = self.image(record)?;
         let mut out = Vec::new();
@@ -451,8 +502,16 @@ impl Store {
             }
             out.push(self.snapshot_path(&chain).join("fs"));
         }
+        if out.is_empty() {
+            return Ok(self.empty_lowers());
+        }
         out.reverse();
         Ok(out)
+    }
+
+    /// What an image without layers stacks: one empty directory.
+    pub fn empty_lowers(&self) -> Vec<PathBuf> {
+        vec![self.root.join(EMPTY_DIR)]
     }
 
     /// Removes every blob and snapshot no name needs (and leftovers of
@@ -462,7 +521,8 @@ impl Store {
         let names = self.load_names()?;
         let mut blobs: BTreeSet<Digest> = BTreeSet::new();
         let mut snapshots: BTreeSet<Digest> = BTreeSet::new();
-        for record in names.images.values() {
+        let kept = names.local.values().map(|l| &l.record);
+        for record in names.images.values().chain(kept) {
             blobs.insert(record.target.clone());
             blobs.insert(record.manifest.clone());
             blobs.insert(record.config.clone());

@@ -235,16 +235,29 @@ fn created_unix(config: &Value) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// `docker images` rows.
-pub(super) fn summaries(engine: &Engine) -> Result<Vec<Value>> {
+/// `docker images` rows: named images, and images made here that lost
+/// their names (`<none>`); with `all`, a build's intermediate images too.
+pub(super) fn summaries(engine: &Engine, all: bool) -> Result<Vec<Value>> {
+    let mut groups = by_id(engine)?;
+    let local = engine.store.local_images()?;
+    for (id, image) in &local {
+        if !groups.contains_key(id) && (all || !image.intermediate) {
+            groups.insert(id.clone(), (image.record.clone(), Vec::new()));
+        }
+    }
     let mut out = Vec::new();
-    for (id, (record, refs)) in by_id(engine)? {
+    for (id, (record, refs)) in groups {
         let config = config_json(engine, &record);
         let size = size_of(engine, &record);
         let containers = engine.users_of_image(&id).len();
+        let parent = local
+            .get(&id)
+            .and_then(|l| l.parent.as_ref())
+            .map(ToString::to_string)
+            .unwrap_or_default();
         out.push(json!({
             "Id": id.to_string(),
-            "ParentId": "",
+            "ParentId": parent,
             "RepoTags": repo_tags(&refs),
             "RepoDigests": repo_digests(&refs, &record),
             "Created": created_unix(&config),
@@ -277,7 +290,9 @@ fn matches_reference(pattern: &str, tag: &str) -> bool {
 }
 
 pub(super) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
-    let filters = Query::parse(req).filters()?;
+    let query = Query::parse(req);
+    let filters = query.filters()?;
+    let all = query.flag("all");
     // Values of one filter are alternatives; different filters all apply.
     let values = |key: &str| -> Vec<&str> {
         filters
@@ -288,7 +303,7 @@ pub(super) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Resp
     };
     let (references, dangling, labels) = (values("reference"), values("dangling"), values("label"));
     let mut rows = Vec::new();
-    for mut row in summaries(engine)? {
+    for mut row in summaries(engine, all)? {
         let tags: Vec<String> = row["RepoTags"]
             .as_array()
             .map(|a| {
@@ -347,13 +362,20 @@ pub(super) fn inspect(engine: &Arc<Engine>, name: &str) -> Result<Response<Body>
         .unwrap_or_default();
     let config = config_json(engine, &record);
     let size = size_of(engine, &record);
+    let parent = engine
+        .store
+        .local_images()?
+        .remove(&record.config)
+        .and_then(|l| l.parent)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     Ok(json(
         StatusCode::OK,
         &json!({
             "Id": record.config.to_string(),
             "RepoTags": repo_tags(&refs),
             "RepoDigests": repo_digests(&refs, &record),
-            "Parent": "",
+            "Parent": parent,
             "Comment": "",
             "Created": config["created"],
             "DockerVersion": "",
@@ -462,6 +484,7 @@ pub(super) fn remove(
         .values()
         .any(|r| r.config == record.config);
     if !still_named {
+        engine.store.forget(&record.config)?;
         out.push(json!({"Deleted": record.config.to_string()}));
         engine.emit_simple("image", "delete", &record.config.to_string(), None);
         // Layers go unless a container still stands on them.
@@ -478,7 +501,8 @@ fn collect_garbage(engine: &Engine) -> u64 {
     let Ok(names) = engine.store.names() else {
         return 0;
     };
-    let named: HashSet<Digest> = names.values().map(|r| r.config.clone()).collect();
+    let mut named: HashSet<Digest> = names.values().map(|r| r.config.clone()).collect();
+    named.extend(engine.store.local_images().unwrap_or_default().into_keys());
     let orphaned_in_use = engine
         .containers()
         .iter()
@@ -504,8 +528,27 @@ pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Res
                 engine.store.remove_name(&r.to_string())?;
                 deleted.push(json!({"Untagged": r.familiar()}));
             }
+            engine.store.forget(&id)?;
             deleted.push(json!({"Deleted": id.to_string()}));
         }
+    }
+    // Images made here that no name points at: the dangling ones, and
+    // with `-a` a build's intermediate images as well.
+    let named: HashSet<Digest> = engine
+        .store
+        .names()?
+        .values()
+        .map(|r| r.config.clone())
+        .collect();
+    for (id, image) in engine.store.local_images()? {
+        if named.contains(&id)
+            || (image.intermediate && !all)
+            || !engine.users_of_image(&id).is_empty()
+        {
+            continue;
+        }
+        engine.store.forget(&id)?;
+        deleted.push(json!({"Deleted": id.to_string()}));
     }
     let reclaimed = collect_garbage(engine);
     Ok(json(
@@ -516,12 +559,58 @@ pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Res
 
 /// The `X-Registry-Auth` header's credentials, as `docker login` stored
 /// them, handed to the registry client for `host`.
+/// Credentials as the CLI sends them (`X-Registry-Auth`, and per
+/// registry in `X-Registry-Config`): as `docker login` stored them.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub(super) struct AuthConfig {
+    username: String,
+    password: String,
+    auth: String,
+    identitytoken: String,
+}
+
+impl AuthConfig {
+    /// The user name and password (or token), if any were given.
+    pub(super) fn credentials(self) -> Option<crate::image::registry::Credentials> {
+        let (mut username, mut password) = (self.username, self.password);
+        if username.is_empty() && !self.auth.is_empty() {
+            // "auth" is base64 of user:password, as in config.json.
+            use base64::Engine as _;
+            let pair = base64::engine::general_purpose::STANDARD
+                .decode(self.auth.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            if let Some((u, p)) = pair.split_once(':') {
+                (username, password) = (u.to_owned(), p.to_owned());
+            }
+        }
+        if !self.identitytoken.is_empty() {
+            // An OAuth refresh token stands in for the password.
+            password = self.identitytoken;
+        }
+        (!username.is_empty() || !password.is_empty())
+            .then_some(crate::image::registry::Credentials { username, password })
+    }
+}
+
+/// Decodes a base64 JSON header as the CLI encodes it (URL-safe or not,
+/// padded or not).
+pub(super) fn decode_header(text: &[u8], name: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let trimmed: Vec<u8> = text.iter().copied().filter(|b| *b != b'=').collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&trimmed))
+        .map_err(|_| ApiError::bad_request(format!("invalid {name} header: not base64")))
+}
+
 pub(super) fn use_registry_auth(
     engine: &Engine,
     req: &Request<Incoming>,
     host: &str,
 ) -> Result<()> {
-    use base64::Engine as _;
     let Some(value) = req.headers().get("X-Registry-Auth") else {
         return Ok(());
     };
@@ -529,42 +618,11 @@ pub(super) fn use_registry_auth(
     if text.is_empty() {
         return Ok(());
     }
-    let trimmed: Vec<u8> = text.iter().copied().filter(|b| *b != b'=').collect();
-    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&trimmed)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&trimmed))
-        .map_err(|_| ApiError::bad_request("invalid X-Registry-Auth header: not base64"))?;
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct Auth {
-        username: String,
-        password: String,
-        auth: String,
-        identitytoken: String,
-    }
-    let auth: Auth = serde_json::from_slice(&decoded)
+    let decoded = decode_header(text, "X-Registry-Auth")?;
+    let auth: AuthConfig = serde_json::from_slice(&decoded)
         .map_err(|e| ApiError::bad_request(format!("invalid X-Registry-Auth header: {e}")))?;
-    let (mut username, mut password) = (auth.username, auth.password);
-    if username.is_empty() && !auth.auth.is_empty() {
-        // "auth" is base64 of user:password, as in config.json.
-        let pair = base64::engine::general_purpose::STANDARD
-            .decode(auth.auth.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_default();
-        if let Some((u, p)) = pair.split_once(':') {
-            (username, password) = (u.to_owned(), p.to_owned());
-        }
-    }
-    if !auth.identitytoken.is_empty() {
-        // An OAuth refresh token stands in for the password.
-        password = auth.identitytoken;
-    }
-    if !username.is_empty() || !password.is_empty() {
-        engine.client.login(
-            host,
-            crate::image::registry::Credentials { username, password },
-        );
+    if let Some(credentials) = auth.credentials() {
+        engine.client.login(host, credentials);
     }
     Ok(())
 }
@@ -695,27 +753,13 @@ pub(super) fn save(engine: &Arc<Engine>, names: &[&str]) -> Result<Response<Body
 }
 
 pub(super) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
-    use http_body_util::BodyExt;
-    use std::io::Write;
     // The archive is read twice (index, then blobs): it is spooled first.
     let spool_dir = engine.root().join("tmp");
     std::fs::create_dir_all(&spool_dir)
         .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
     let spool = tempfile::NamedTempFile::new_in(&spool_dir)
         .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
-    let mut file = spool.as_file();
-    let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::bad_request(format!("reading the archive: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data).map_err(|e| {
-                ApiError::from(crate::engine::EngineError::Internal(format!(
-                    "spool the archive: {e}"
-                )))
-            })?;
-        }
-    }
+    super::spool(req.into_body(), spool.as_file()).await?;
     let store = engine.store.clone();
     let path = spool.path().to_owned();
     let loaded = tokio::task::spawn_blocking(move || {

@@ -6,6 +6,7 @@
 //! Each handler translates onto [`crate::engine::Engine`] and owns no state.
 
 mod archive;
+mod build;
 mod containers;
 mod exec;
 mod images;
@@ -276,6 +277,25 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
     }
 }
 
+/// Writes a request body to `file` as it arrives (archives too large
+/// for memory: `load`, a build's context).
+async fn spool(mut body: Incoming, file: &std::fs::File) -> Result<()> {
+    use std::io::Write;
+    let mut file = file;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).map_err(|e| {
+                ApiError::from(EngineError::Internal(format!(
+                    "spool the request body: {e}"
+                )))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Serves the Docker API on `listener` until `shutdown`.
 pub async fn serve(
     engine: Arc<Engine>,
@@ -447,6 +467,13 @@ async fn dispatch(
         (&M::GET, ["events"]) => system::events(engine, &req),
         (&M::GET, ["system", "df"]) => system::df(engine),
         (&M::POST, ["auth"]) => system::auth(engine, req).await,
+
+        (&M::POST, ["build"]) => build::build(engine, req).await,
+        (&M::POST, ["build", "prune"]) => build::prune(engine),
+        (&M::POST, ["commit"]) => build::commit(engine, req).await,
+        (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => {
+            build::history(engine, &name.join("/"))
+        }
 
         (&M::POST, ["images", "create"]) => images::pull(engine, &req),
         (&M::GET, ["images", "json"]) => images::list(engine, &req),

@@ -217,7 +217,7 @@ pub(super) fn disk_usage(path: &std::path::Path) -> u64 {
 }
 
 pub(super) fn df(engine: &Arc<Engine>) -> Result<Response<Body>> {
-    let images = super::images::summaries(engine)?;
+    let images = super::images::summaries(engine, false)?;
     let containers: Vec<Value> = engine
         .containers()
         .iter()
