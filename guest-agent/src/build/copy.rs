@@ -421,7 +421,7 @@ fn land(ws: &Workspace, dest: &Path, dest_is_dir: bool) -> Result<Landing, Build
                         // An existing directory takes a single file by its name.
                         dest_is_dir = true;
                     }
-                } else if !(last && !dest_is_dir) {
+                } else if !last || dest_is_dir {
                     return Err(BuildError::Step(format!(
                         "cannot copy to {}: {} is not a directory",
                         dest.display(),

@@ -672,9 +672,12 @@ impl Build {
             }
         };
         let image = self.base_image(&base).await.map_err(|e| at_line(e, ins))?;
-        match &image {
-            Some(record) => self.out.say(format!(" ---> {}\n", short(&record.config))),
-            None => {}
+        if let Some(record) = &image {
+            self.out.say(format!(
+                " ---> {}
+",
+                short(&record.config)
+            ));
         }
         let config = match &image {
             Some(record) => self.config_of(record)?,
@@ -690,15 +693,10 @@ impl Build {
             })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect());
-        let mut stage = Stage {
-            name,
-            image,
-            config,
-            args: BTreeMap::new(),
-            shell,
-            author: None,
-            cmd_set: false,
-        };
+        let mut stage = Stage::on(config);
+        stage.name = name;
+        stage.image = image;
+        stage.shell = shell;
         // The base's ONBUILD triggers run now, and are not inherited.
         let triggers: Vec<String> = stage
             .config
@@ -946,12 +944,7 @@ impl Build {
             if w.starts_with("<<") {
                 if let Some(doc) = ins.heredocs.iter().find(|h| h.name == opener) {
                     let content = if doc.expand {
-                        self.lexer
-                            .word(
-                                &format!("\"{}\"", doc.content.replace('"', "\\\"")),
-                                &lookup,
-                            )
-                            .unwrap_or_else(|_| doc.content.clone())
+                        self.lexer.text(&doc.content, &lookup).map_err(step_err)?
                     } else {
                         doc.content.clone()
                     };
@@ -1110,7 +1103,7 @@ impl Build {
     /// `RUN`: a container of the stage's image runs the command; what it
     /// changed becomes the step's layer.
     async fn run_step(&mut self, stage: &mut Stage, ins: &Instruction) -> Result<(), BuildError> {
-        for (flag, _) in &ins.flags {
+        if let Some((flag, _)) = ins.flags.first() {
             return Err(BuildError::Step(format!(
                 "the --{flag} option requires BuildKit, which this builder is not"
             )));
@@ -1266,7 +1259,7 @@ fn config_step(
     let lookup = |name: &str| env_of.get(name).cloned();
     match ins.keyword.as_str() {
         "ENV" => {
-            let pairs = shell::pairs(&lexer, &ins.text(), &lookup, "ENV").map_err(step_err)?;
+            let pairs = shell::pairs(lexer, &ins.text(), &lookup, "ENV").map_err(step_err)?;
             let mut shown = Vec::new();
             for (k, v) in pairs {
                 shown.push(format!("{k}={v}"));
@@ -1275,7 +1268,7 @@ fn config_step(
             Ok(Some(format!("ENV {}", shown.join(" "))))
         }
         "LABEL" => {
-            let pairs = shell::pairs(&lexer, &ins.text(), &lookup, "LABEL").map_err(step_err)?;
+            let pairs = shell::pairs(lexer, &ins.text(), &lookup, "LABEL").map_err(step_err)?;
             let labels = stage.config.entry("Labels").or_insert_with(|| json!({}));
             if !labels.is_object() {
                 *labels = json!({});
@@ -1383,7 +1376,7 @@ fn config_step(
             Ok(Some(created))
         }
         "HEALTHCHECK" => {
-            let check = healthcheck(ins, &stage.shell)?;
+            let check = healthcheck(ins)?;
             stage.config.insert("Healthcheck".into(), check);
             Ok(Some(format!("HEALTHCHECK {}", ins.text())))
         }
@@ -1536,7 +1529,7 @@ fn expose_ports(word: &str) -> Result<Vec<String>, BuildError> {
 }
 
 /// `HEALTHCHECK [options] CMD …` or `HEALTHCHECK NONE`.
-fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError> {
+fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
     let text = ins.text();
     let trimmed = text.trim();
     if trimmed.eq_ignore_ascii_case("none") {
@@ -1556,7 +1549,6 @@ fn healthcheck(ins: &Instruction, shell: &[String]) -> Result<Value, BuildError>
             .collect::<Vec<_>>(),
         Err(_) => vec!["CMD-SHELL".to_owned(), rest.trim().to_owned()],
     };
-    let _ = shell;
     let mut check = json!({ "Test": test });
     let duration = |flag: &str| -> Result<Option<i64>, BuildError> {
         ins.flag(flag)
@@ -1653,12 +1645,12 @@ mod tests {
             "FROM x\nHEALTHCHECK --interval=5s --retries=2 CMD wget -q localhost\nHEALTHCHECK NONE\n",
         )
         .unwrap();
-        let check = healthcheck(&df.instructions[1], &[]).unwrap();
+        let check = healthcheck(&df.instructions[1]).unwrap();
         assert_eq!(check["Test"], json!(["CMD-SHELL", "wget -q localhost"]));
         assert_eq!(check["Interval"], json!(5_000_000_000i64));
         assert_eq!(check["Retries"], json!(2));
         assert_eq!(
-            healthcheck(&df.instructions[2], &[]).unwrap(),
+            healthcheck(&df.instructions[2]).unwrap(),
             json!({"Test": ["NONE"]})
         );
     }

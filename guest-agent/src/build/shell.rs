@@ -32,6 +32,31 @@ impl Lexer {
         Ok(self.process(text, env, false)?.concat())
     }
 
+    /// A heredoc's text: variables expanded, quotes left as they are; the
+    /// escape character keeps a `$` (or itself) from being read.
+    pub fn text(&self, text: &str, env: Lookup<'_>) -> Result<String, ShellError> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c == self.escape
+                && matches!(chars.get(i + 1), Some(&n) if n == '$' || n == self.escape)
+            {
+                out.push(chars[i + 1]);
+                i += 2;
+            } else if c == '$' {
+                let (value, next) = self.variable(&chars, i, env)?;
+                out.push_str(&value);
+                i = next;
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Words split at blanks outside quotes, each expanded.
     pub fn words(&self, text: &str, env: Lookup<'_>) -> Result<Vec<String>, ShellError> {
         self.process(text, env, true)
@@ -382,6 +407,15 @@ mod tests {
         );
         assert!(pairs(&l, "A=1 B", &env, "ENV").is_err());
         assert!(pairs(&l, "ONLY", &env, "ENV").is_err());
+    }
+
+    #[test]
+    fn heredoc_text_keeps_quotes() {
+        let l = Lexer::new('\\');
+        assert_eq!(
+            l.text("say \"$A\" and '${B:-b}' \\$A\n", &env).unwrap(),
+            "say \"alpha\" and 'b' $A\n"
+        );
     }
 
     #[test]
