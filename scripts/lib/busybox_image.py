@@ -47,14 +47,17 @@ def blobs():
     raw = layer_tar()
     layer = put(raw)
     layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+    # When Debian built the binary: the same bytes on every run.
+    created = datetime.datetime.fromtimestamp(os.path.getmtime(BUSYBOX), datetime.timezone.utc) \
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
     config = put(json.dumps({
         "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine),
         "os": "linux",
-        # When Debian built the binary: the same bytes on every run.
-        "created": datetime.datetime.fromtimestamp(os.path.getmtime(BUSYBOX), datetime.timezone.utc)
-                   .strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": created,
         "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
+        # One entry per layer: builders (buildah) check the two agree.
+        "history": [{"created": created, "created_by": "busybox-static from Debian"}],
     }).encode())
     config["mediaType"] = "application/vnd.oci.image.config.v1+json"
     manifest = put(json.dumps({

@@ -210,6 +210,23 @@ fn a_multi_stage_build_runs_caches_and_pushes() {
     let fresh = build_ok(&d, &["--no-cache", "-q", "--build-arg", &base], ctx.path());
     assert!(fresh.trim().starts_with("sha256:"), "{fresh}");
     assert_eq!(fresh.lines().count(), 1, "{fresh}");
+
+    // The untagged result is dangling; intermediate images only show with -a.
+    let dangling = d.ok(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(fresh.trim()), "{dangling}");
+    let shown = d.ok(&["images", "-q"]).lines().count();
+    let all = d.ok(&["images", "-a", "-q"]).lines().count();
+    assert!(all > shown, "{all} images with -a, {shown} without");
+    let pruned = d.ok(&["image", "prune", "-f"]);
+    assert!(pruned.contains(fresh.trim()), "{pruned}");
+    let out = d.run(&["image", "inspect", fresh.trim()]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Without its cache the next build runs every step; tagged images stay.
+    d.ok(&["builder", "prune", "-f"]);
+    let rebuilt = build_ok(&d, &["-t", "app:4", "--build-arg", &base], ctx.path());
+    assert!(!rebuilt.contains("Using cache"), "{rebuilt}");
+    d.ok(&["run", "--rm", "app:3"]);
 }
 
 #[test]

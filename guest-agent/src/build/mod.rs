@@ -1160,8 +1160,8 @@ impl Build {
             Ok(0) => self.opts.remove || self.opts.force_remove,
             _ => self.opts.force_remove,
         };
-        let result = match outcome {
-            Ok(0) => self.commit_container(stage, &id, &key, created_by).await,
+        let made = match outcome {
+            Ok(0) => self.commit_container(stage, &id, created_by).await,
             Ok(code) => Err(BuildError::Run {
                 command: argv.join(" "),
                 code,
@@ -1175,7 +1175,7 @@ impl Build {
                 tracing::warn!(container = %id, "remove the build container: {e}");
             }
         }
-        result
+        self.record_step(stage, &key, made?)
     }
 
     /// Starts container `id`, streams its output, and waits for its exit.
@@ -1204,16 +1204,15 @@ impl Build {
         Ok(container.record().state.exit_code)
     }
 
-    /// Commits what container `id` changed as the stage's next image.
+    /// Commits what container `id` changed on the stage's image.
     async fn commit_container(
         &mut self,
-        stage: &mut Stage,
+        stage: &Stage,
         id: &str,
-        key: &Digest,
         created_by: String,
-    ) -> Result<(), BuildError> {
+    ) -> Result<ImageRecord, BuildError> {
         let layer = self.engine.container_layer(id).await?;
-        let record = commit::commit(
+        Ok(commit::commit(
             &self.engine.store,
             NewImage {
                 parent: stage.image.as_ref(),
@@ -1225,8 +1224,7 @@ impl Build {
                 },
                 author: stage.author.clone(),
             },
-        )?;
-        self.record_step(stage, key, record)
+        )?)
     }
 }
 
@@ -1444,20 +1442,21 @@ fn stage_name(lexer: &Lexer, from: &Instruction) -> Option<String> {
     }
 }
 
-/// Adds the instruction's line to a step's error.
+/// Adds the instruction's line to a step's error (a parse error has its
+/// own, and a failed `RUN` says what it ran).
 fn at_line(e: BuildError, ins: &Instruction) -> BuildError {
     match e {
+        BuildError::Parse(_) | BuildError::Run { .. } | BuildError::AtLine { .. } => e,
         BuildError::Step(message) => BuildError::AtLine {
             keyword: ins.keyword.clone(),
             line: ins.line,
             message,
         },
-        BuildError::Image(err) => BuildError::AtLine {
+        other => BuildError::AtLine {
             keyword: ins.keyword.clone(),
             line: ins.line,
-            message: err.to_string(),
+            message: other.to_string(),
         },
-        other => other,
     }
 }
 
