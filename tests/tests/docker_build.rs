@@ -367,3 +367,86 @@ fn commit_makes_an_image_of_a_container() {
     let out = d.run(&["commit", "--change", "FROM x", "worker", "bad:1"]);
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn targets_onbuild_digests_and_another_dockerfile() {
+    require_root();
+    let d = Engine::start();
+    d.ok(&["pull", "-q", &d.busybox()]);
+    let pinned = d.ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{index .RepoDigests 0}}",
+        &d.busybox(),
+    ]);
+    let pinned = pinned.trim();
+    assert!(pinned.contains("@sha256:"), "{pinned}");
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "docker/Custom.dockerfile",
+        &format!(
+            "FROM {pinned} AS first\n\
+             RUN echo first > /stage\n\
+             FROM {bb} AS second\n\
+             ONBUILD RUN echo triggered > /onbuild\n\
+             STOPSIGNAL SIGINT\n\
+             HEALTHCHECK --interval=5s --retries=2 CMD true\n\
+             VOLUME /data\n\
+             RUN echo second > /stage\n",
+            bb = d.busybox()
+        ),
+    );
+    let f = ctx.path().join("docker/Custom.dockerfile");
+    let f = f.to_str().unwrap();
+    let out = build_ok(
+        &d,
+        &["-f", f, "--target", "first", "-t", "t:first"],
+        ctx.path(),
+    );
+    assert!(!out.contains("second"), "{out}");
+    assert_eq!(
+        d.ok(&["run", "--rm", "t:first", "cat", "/stage"]),
+        "first\n"
+    );
+
+    let out = build_ok(&d, &["--pull", "-f", f, "-t", "t:base"], ctx.path());
+    assert!(out.contains("Pulling"), "{out}");
+    assert_eq!(
+        d.ok(&["run", "--rm", "t:base", "cat", "/stage"]),
+        "second\n"
+    );
+    let config = d.ok(&["image", "inspect", "-f", "{{json .Config}}", "t:base"]);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["StopSignal"], "SIGINT");
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD-SHELL", "true"])
+    );
+    assert_eq!(config["Healthcheck"]["Retries"], 2);
+    assert!(config["Volumes"]["/data"].is_object(), "{config}");
+    assert_eq!(
+        config["OnBuild"],
+        serde_json::json!(["RUN echo triggered > /onbuild"])
+    );
+
+    // A build on it runs its trigger, and does not pass it on.
+    let child = tempfile::tempdir().unwrap();
+    write(
+        child.path(),
+        "Dockerfile",
+        "FROM t:base\nRUN cat /onbuild\n",
+    );
+    let out = build_ok(&d, &["-t", "t:child"], child.path());
+    assert!(out.contains("Executing 1 build trigger"), "{out}");
+    assert!(out.contains("triggered"), "{out}");
+    let onbuild = d.ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.OnBuild}}",
+        "t:child",
+    ]);
+    assert_eq!(onbuild.trim(), "null");
+}
