@@ -310,8 +310,10 @@ pub async fn serve(
     links: Links,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
+    let Address::Unix(path) = listen else {
+        return Err(DaemonError::UnsupportedListen(listen.clone()));
+    };
     let lock = RootLock::acquire(root)?;
-    let Address::Unix(path) = listen;
     let (listener, socket) = bind_unix(path)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let docker_socket = docker.as_ref().map(|d| d.socket.clone());

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a machine.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List machines.
     Ls(LsArgs),
     /// Print the state of a machine.
@@ -56,6 +56,12 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Log into a machine, or run a command on it.
     Ssh(SshArgs),
+    /// Provision a remote machine again: agent, certificates, service.
+    Provision(Machines),
+    /// Replace a remote machine's agent with this berth's, keeping its state.
+    Upgrade(Machines),
+    /// Make new TLS certificates for a remote machine and install them.
+    RegenerateCerts(RegenerateCertsArgs),
     /// Copy files between this machine and a machine (NAME:PATH).
     Scp(ScpArgs),
     /// Hold a VM's link and serve its sockets (started by berth itself).
@@ -96,8 +102,40 @@ pub struct CreateArgs {
     /// An environment variable for the engine, KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub engine_env: Vec<String>,
+    /// The host's IP address or name (generic).
+    #[arg(long, value_name = "ADDRESS")]
+    pub generic_ip_address: Option<String>,
+    /// The user to log in as over SSH (generic; default root).
+    #[arg(long, value_name = "USER")]
+    pub generic_ssh_user: Option<String>,
+    /// The private key to log in with (generic; default ~/.ssh/id_ed25519 or id_rsa).
+    #[arg(long, value_name = "FILE")]
+    pub generic_ssh_key: Option<std::path::PathBuf>,
+    /// The host's SSH port (generic; default 22).
+    #[arg(long, value_name = "PORT")]
+    pub generic_ssh_port: Option<u16>,
+    /// A known_hosts file to check the host's key against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_known_hosts: Option<std::path::PathBuf>,
+    /// Trust the host's key on first use when no known_hosts file has it;
+    /// it is pinned, and a different key is refused afterwards.
+    #[arg(long)]
+    pub ssh_accept_new_host_key: bool,
     /// The new machine's name.
     pub name: String,
+}
+
+/// Arguments of `regenerate-certs`.
+#[derive(Debug, Args)]
+pub struct RegenerateCertsArgs {
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Make a new CA too (clients must use the new certificates).
+    #[arg(long)]
+    pub client_certs: bool,
+    /// The machines' names.
+    pub names: Vec<String>,
 }
 
 /// Arguments of `ssh`.

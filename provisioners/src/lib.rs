@@ -15,12 +15,18 @@
 //! - [`supervisor`] — the detached process that holds a VM's link and
 //!   serves its sockets on this machine.
 //!
-//! Provisioning over SSH, the `generic` and cloud drivers are not here yet
-//! (see the README).
+//! - [`driver::generic`] — any Linux host reachable over SSH.
+//! - [`ssh`] — the SSH client: host keys, commands, uploads, sockets.
+//! - [`provision`] — a remote host made a Berth host: agent, service,
+//!   certificates, a checked TLS endpoint.
+//! - [`certs`] — a machine's CA, server and client certificates.
 
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod driver;
+pub mod provision;
+pub mod ssh;
 pub mod supervisor;
 
 pub use driver::{

@@ -41,7 +41,32 @@ ensure_rust_targets() {
 # crates with build scripts, the shells and process tools the tests drive.
 BUILD_PACKAGES=(build-essential pkg-config)
 TEST_PACKAGES=(bash dash procps busybox-static runc docker-registry skopeo apache2-utils openssl bsdutils
-  qemu-system-x86 qemu-utils nftables iproute2 python3)
+  qemu-system-x86 qemu-utils nftables iproute2 python3 openssh-server openssh-client util-linux)
+
+# What the cross checks of the CLI need for the C in its crypto (ring's
+# build script compiles C even for `cargo check`): MinGW for Windows, and
+# clang for macOS, with a few freestanding headers in place of Apple's SDK.
+CROSS_PACKAGES=(clang gcc-mingw-w64-x86-64)
+
+# cross_c_env TARGET: exports the C compiler settings `cargo check
+# --target TARGET` needs here.
+cross_c_env() {
+  case "$1" in
+    aarch64-apple-darwin)
+      local stubs="$ROOT/target/cross-stubs/darwin"
+      mkdir -p "$stubs"
+      # Only what ring's C includes; declarations, no code.
+      printf '#pragma once\n#define TARGET_OS_MAC 1\n#define TARGET_OS_OSX 1\n#define TARGET_OS_IPHONE 0\n#define TARGET_OS_IOS 0\n#define TARGET_OS_TV 0\n#define TARGET_OS_WATCH 0\n#define TARGET_OS_SIMULATOR 0\n' >"$stubs/TargetConditionals.h"
+      printf '#pragma once\n#define assert(x) ((void)0)\n' >"$stubs/assert.h"
+      printf '#pragma once\n#include <stddef.h>\nvoid *memcpy(void *, const void *, size_t);\nvoid *memset(void *, int, size_t);\nint memcmp(const void *, const void *, size_t);\nvoid *memmove(void *, const void *, size_t);\nsize_t strlen(const char *);\n' >"$stubs/string.h"
+      export CC_aarch64_apple_darwin=clang
+      export CFLAGS_aarch64_apple_darwin="-ffreestanding -nostdinc -isystem $(clang -print-resource-dir)/include -I$stubs"
+      ;;
+    x86_64-pc-windows-gnu)
+      export CC_x86_64_pc_windows_gnu=x86_64-w64-mingw32-gcc
+      ;;
+  esac
+}
 
 # ensure_docker_cli: the stock docker client the Engine API is tested
 # against; Debian's docker.io when none is on PATH.

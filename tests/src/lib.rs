@@ -7,6 +7,7 @@
 pub mod docker;
 pub mod registry;
 pub mod runtime;
+pub mod sshd;
 pub mod token;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,15 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The static (musl) agent the guest image build makes, if it was built:
+/// what provisioning uploads to remote hosts (a tenth of the debug build).
+pub fn static_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe.parent()?.parent()?.parent()?;
+    let path = target.join("x86_64-unknown-linux-musl/guest/berth-agent");
+    path.is_file().then_some(path)
 }
 
 /// A `berth` with its own BERTH_HOME, removed (machines first) when dropped.

@@ -163,6 +163,10 @@ pub struct Container {
     shim: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     /// Serialises start/stop/remove of this container.
     lifecycle: Arc<tokio::sync::Mutex<()>>,
+    /// One write of its record at a time, each of the record as it is
+    /// then: an exit saved while a start saves cannot be overwritten by
+    /// the start's older copy.
+    saving: Mutex<()>,
 }
 
 impl Container {
@@ -296,7 +300,11 @@ fn write_json_with(
     value: &impl serde::Serialize,
     durable: bool,
 ) -> Result<(), EngineError> {
-    let tmp = path.with_extension("json.tmp");
+    // A name of its own per write: two writers of one file never share
+    // (and rename away) each other's temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.tmp{n}"));
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         serde_json::to_writer_pretty(&mut f, value)?;
@@ -621,10 +629,12 @@ impl Engine {
             output: Mutex::new(None),
             shim: Mutex::new(None),
             lifecycle: Arc::new(tokio::sync::Mutex::new(())),
+            saving: Mutex::new(()),
         })
     }
 
     fn save(&self, container: &Container) -> Result<(), EngineError> {
+        let _one_at_a_time = container.saving.lock().unwrap_or_else(|p| p.into_inner());
         write_json(&container.dir.join("record.json"), &container.record())
     }
 

@@ -1,6 +1,7 @@
 //! `berth create`: a new machine, made whole or not at all.
 
-use berth_provisioners::driver::qemu::Accel;
+use berth_provisioners::driver::generic;
+use berth_provisioners::driver::qemu::{self, Accel};
 use berth_provisioners::driver::EngineOptions;
 use berth_provisioners::{DriverConfig, MachineContext};
 
@@ -66,6 +67,57 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
         env: args.engine_env.clone(),
     };
     engine.validate().map_err(CliError::Usage)?;
+    // Which flags each driver takes; any other given is refused.
+    let given: [(&str, bool, &[&str]); 11] = [
+        ("--cpus", args.cpus.is_some(), &[qemu::NAME]),
+        ("--memory", args.memory.is_some(), &[qemu::NAME]),
+        ("--disk-size", args.disk_size.is_some(), &[qemu::NAME]),
+        ("--qemu-accel", args.qemu_accel.is_some(), &[qemu::NAME]),
+        (
+            "--qemu-boot-timeout",
+            args.qemu_boot_timeout.is_some(),
+            &[qemu::NAME],
+        ),
+        (
+            "--engine-insecure-registry",
+            !args.engine_insecure_registry.is_empty(),
+            &[qemu::NAME, generic::NAME],
+        ),
+        (
+            "--generic-ip-address",
+            args.generic_ip_address.is_some(),
+            &[generic::NAME],
+        ),
+        (
+            "--generic-ssh-user",
+            args.generic_ssh_user.is_some(),
+            &[generic::NAME],
+        ),
+        (
+            "--generic-ssh-key",
+            args.generic_ssh_key.is_some(),
+            &[generic::NAME],
+        ),
+        (
+            "--generic-ssh-port",
+            args.generic_ssh_port.is_some(),
+            &[generic::NAME],
+        ),
+        (
+            "--ssh-known-hosts / --ssh-accept-new-host-key",
+            args.ssh_known_hosts.is_some() || args.ssh_accept_new_host_key,
+            &[generic::NAME],
+        ),
+    ];
+    if let Some((flag, _, _)) = given
+        .iter()
+        .find(|(_, set, drivers)| *set && !drivers.contains(&config.name()))
+    {
+        return Err(CliError::Usage(format!(
+            "{flag} does not apply to the {} driver",
+            args.driver
+        )));
+    }
     match &mut config {
         DriverConfig::Qemu(qemu) => {
             if let Some(cpus) = args.cpus {
@@ -89,26 +141,35 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
             }
             qemu.engine = engine;
         }
-        DriverConfig::Native(native) => {
-            native.engine = engine;
-            let given = [
-                ("--cpus", args.cpus.is_some()),
-                ("--memory", args.memory.is_some()),
-                ("--disk-size", args.disk_size.is_some()),
-                ("--qemu-accel", args.qemu_accel.is_some()),
-                ("--qemu-boot-timeout", args.qemu_boot_timeout.is_some()),
-                (
-                    "--engine-insecure-registry",
-                    !args.engine_insecure_registry.is_empty(),
-                ),
-            ];
-            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
-                return Err(CliError::Usage(format!(
-                    "{flag} does not apply to the {} driver",
-                    args.driver
-                )));
+        DriverConfig::Native(native) => native.engine = engine,
+        DriverConfig::Generic(generic) => {
+            generic.ip_address = args.generic_ip_address.clone().ok_or_else(|| {
+                CliError::Usage("the generic driver needs --generic-ip-address".into())
+            })?;
+            if let Some(user) = &args.generic_ssh_user {
+                generic.ssh_user = user.clone();
             }
+            if let Some(port) = args.generic_ssh_port {
+                generic.ssh_port = port;
+            }
+            generic.ssh_key = match &args.generic_ssh_key {
+                Some(key) => absolute(key)?,
+                None => berth_provisioners::ssh::default_key().ok_or_else(|| {
+                    CliError::Usage(
+                        "no SSH key: give one with --generic-ssh-key (none in ~/.ssh)".into(),
+                    )
+                })?,
+            };
+            generic.known_hosts = args.ssh_known_hosts.as_deref().map(absolute).transpose()?;
+            generic.accept_new_host_key = args.ssh_accept_new_host_key;
+            generic.engine = engine;
         }
     }
     Ok(config)
+}
+
+/// `path` made absolute against the current directory: the record must
+/// not depend on where a later command runs.
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+    std::path::absolute(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }

@@ -52,7 +52,7 @@ pub(crate) async fn env(store: &Store, args: EnvArgs) -> Result<(), CliError> {
         let machine = Machine::open(store, &target(store, args.name)?)?;
         let endpoint = machine.running_endpoint().await?;
         // Point docker only at an agent that answers.
-        agent_info(machine.name(), &endpoint, AGENT_TIMEOUT).await?;
+        agent_info(&machine, &endpoint, AGENT_TIMEOUT).await?;
         if endpoint.docker.tls {
             let certs = store.machine_dir(machine.name()).join("certs");
             out.push_str(&shell.set("DOCKER_TLS_VERIFY", "1"));

@@ -98,7 +98,7 @@ async fn item(
             item.active = "*".to_owned();
         }
         let left = timeout.saturating_sub(begun.elapsed());
-        match agent_info(&name, &endpoint, left).await {
+        match agent_info(&machine, &endpoint, left).await {
             Ok(info) => item.version = format!("v{}", info.version),
             Err(e) => item.error = e.to_string(),
         }

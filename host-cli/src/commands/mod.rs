@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use berth_proto::link;
 use berth_proto::pb::agent_client::AgentClient;
 use berth_proto::pb::{InfoRequest, InfoResponse};
 use berth_provisioners::{Driver, Endpoint, MachineContext, MachineState};
@@ -19,6 +18,7 @@ mod create;
 mod env;
 mod lifecycle;
 mod ls;
+mod provision;
 mod rm;
 mod scp;
 mod show;
@@ -32,7 +32,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let store = Store::open()?;
     match cli.command {
-        Command::Create(args) => create::create(&store, args).await,
+        Command::Create(args) => create::create(&store, *args).await,
         Command::Ls(args) => ls::ls(&store, args).await,
         Command::Status(args) => show::status(&store, args.name).await,
         Command::Start(args) => lifecycle::start(&store, args.names).await,
@@ -49,6 +49,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Completion(args) => completion(args.shell),
         Command::Ssh(args) => ssh::ssh(&store, args).await,
         Command::Scp(args) => scp::scp(&store, args).await,
+        Command::Provision(args) => provision::provision(&store, args.names).await,
+        Command::Upgrade(args) => provision::upgrade(&store, args.names).await,
+        Command::RegenerateCerts(args) => provision::regenerate_certs(&store, args).await,
         Command::Supervise(args) => berth_provisioners::supervisor::run(&args.dir)
             .await
             .map_err(|e| CliError::Usage(e.to_string())),
@@ -123,27 +126,31 @@ fn no_default() -> CliError {
     ))
 }
 
-/// Asks the agent at `endpoint` for its Info, within `timeout`.
+/// Asks machine's agent (at `endpoint`) for its Info, within `timeout`.
 pub(crate) async fn agent_info(
-    name: &str,
+    machine: &Machine,
     endpoint: &Endpoint,
     timeout: Duration,
 ) -> Result<InfoResponse, CliError> {
     let fail = |reason: String| CliError::Agent {
-        name: name.to_owned(),
+        name: machine.name().to_owned(),
         address: endpoint.agent.to_string(),
         reason,
     };
-    let channel = link::connect(&endpoint.agent).map_err(|e| fail(e.to_string()))?;
-    let call = async move {
+    let call = async {
+        let channel = machine
+            .driver
+            .agent_channel()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         AgentClient::new(channel)
             .info(InfoRequest {})
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|status| fail(status_reason(&status)))
     };
     match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(info)) => Ok(info),
-        Ok(Err(status)) => Err(fail(status_reason(&status))),
+        Ok(answer) => answer,
         Err(_) => Err(fail(format!("no answer within {}s", timeout.as_secs()))),
     }
 }

@@ -1,13 +1,13 @@
 //! `berth scp [-r] SRC DST`: copies between this machine and a machine's
 //! host, one side written `NAME:PATH`, through the agent (`CopyIn`,
-//! `CopyOut`) — no sshd is needed on a VM. Files land as `scp` puts them
+//! `CopyOut`) on whatever carries the machine's link — an SSH channel on
+//! remote hosts, no sshd needed on a VM. Files land as `scp` puts them
 //! (see `berth_proto::copy`).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use berth_proto::copy::{self, ChunkReader, ChunkWriter};
-use berth_proto::link;
 use berth_proto::pb::agent_client::AgentClient;
 use berth_proto::pb::copy_in_frame::Kind;
 use berth_proto::pb::{CopyInFrame, CopyOutRequest};
@@ -70,11 +70,15 @@ async fn client(
 ) -> Result<AgentClient<tonic::transport::Channel>, CliError> {
     let machine = Machine::open(store, name)?;
     let endpoint = machine.running_endpoint().await?;
-    let channel = link::connect(&endpoint.agent).map_err(|e| CliError::Agent {
-        name: name.to_owned(),
-        address: endpoint.agent.to_string(),
-        reason: e.to_string(),
-    })?;
+    let channel = machine
+        .driver
+        .agent_channel()
+        .await
+        .map_err(|e| CliError::Agent {
+            name: name.to_owned(),
+            address: endpoint.agent.to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(AgentClient::new(channel))
 }
 

@@ -71,6 +71,6 @@ pub(crate) async fn version(store: &Store, name: Option<String>) -> Result<(), C
     };
     let machine = Machine::open(store, &name)?;
     let endpoint = machine.running_endpoint().await?;
-    let info = agent_info(&name, &endpoint, AGENT_TIMEOUT).await?;
+    let info = agent_info(&machine, &endpoint, AGENT_TIMEOUT).await?;
     print(&format!("v{}\n", info.version))
 }

@@ -1,10 +1,10 @@
-//! `berth ssh`: a shell on the machine, or one command, through the
-//! agent's `Exec` — a VM has no sshd. With no command and a terminal on
-//! stdin the session gets a terminal of the same size (resized along with
-//! it) and this terminal goes raw; otherwise the command runs on pipes.
-//! The exit status is the remote command's.
+//! `berth ssh`: a shell on the machine, or one command: over real SSH on
+//! hosts that have it (`generic`, the clouds), else through the agent's
+//! `Exec` — a VM has no sshd. With no command and a terminal on stdin the
+//! session gets a terminal of the same size (resized along with it) and
+//! this terminal goes raw; otherwise the command runs on pipes. The exit
+//! status is the remote command's.
 
-use berth_proto::link;
 use berth_proto::pb::agent_client::AgentClient;
 use berth_proto::pb::exec_input::Kind as In;
 use berth_proto::pb::exec_output::Kind as Out;
@@ -12,6 +12,8 @@ use berth_proto::pb::{ExecInput, ExecStart, TerminalSize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use berth_provisioners::ssh::{shell_quote, HostKeys, Session, SshTarget};
 
 use super::{target, Machine};
 use crate::cli::SshArgs;
@@ -28,12 +30,19 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
     let name = target(store, args.name)?;
     let machine = Machine::open(store, &name)?;
     let endpoint = machine.running_endpoint().await?;
+    if let Some(target) = &endpoint.ssh {
+        return over_ssh(target, &args.command).await;
+    }
     let agent_error = |reason: String| CliError::Agent {
         name: name.clone(),
         address: endpoint.agent.to_string(),
         reason,
     };
-    let channel = link::connect(&endpoint.agent).map_err(|e| agent_error(e.to_string()))?;
+    let channel = machine
+        .driver
+        .agent_channel()
+        .await
+        .map_err(|e| agent_error(e.to_string()))?;
 
     let interactive = args.command.is_empty() && terminal::is_terminal();
     let size = if interactive { terminal::size() } else { None };
@@ -94,7 +103,20 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
             }
         }
     });
-    let resizer = interactive.then(|| tokio::spawn(terminal::forward_resizes(tx.clone())));
+    let resizer = interactive.then(|| {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut sizes = terminal::resizes();
+            while let Some(size) = sizes.recv().await {
+                let frame = ExecInput {
+                    kind: Some(In::Resize(size)),
+                };
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
     drop(tx);
 
     let mut stdout = tokio::io::stdout();
@@ -135,14 +157,101 @@ pub(crate) async fn ssh(store: &Store, args: SshArgs) -> Result<(), CliError> {
     }
 }
 
+/// `berth ssh` over real SSH: a login shell on a terminal, or `command`.
+async fn over_ssh(target: &SshTarget, command: &[String]) -> Result<(), CliError> {
+    use berth_provisioners::ssh::ChannelMsg;
+    let failed = |e: String| CliError::Usage(format!("ssh {target}: {e}"));
+    let session = Session::connect(target, HostKeys::Known)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let channel = session.channel().await.map_err(|e| failed(e.to_string()))?;
+    let interactive = command.is_empty() && terminal::is_terminal();
+    let (mut reader, writer) = channel.split();
+    if interactive {
+        let size = terminal::size().unwrap_or(TerminalSize { rows: 24, cols: 80 });
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        writer
+            .request_pty(false, &term, size.cols, size.rows, 0, 0, &[])
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        writer
+            .request_shell(true)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    } else if command.is_empty() {
+        writer
+            .request_shell(true)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    } else {
+        let line: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
+        writer
+            .exec(true, line.join(" "))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let raw_mode = if interactive {
+        terminal::Raw::enter()
+    } else {
+        None
+    };
+    let mut sizes = if interactive {
+        terminal::resizes()
+    } else {
+        mpsc::channel(1).1
+    };
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut buf = vec![0u8; INPUT_CHUNK];
+    let mut stdin_open = true;
+    let mut code = None;
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut buf), if stdin_open => match read {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    let _ = writer.eof().await;
+                }
+                Ok(n) => {
+                    if writer.data_bytes(buf[..n].to_vec()).await.is_err() {
+                        stdin_open = false;
+                    }
+                }
+            },
+            Some(size) = sizes.recv() => {
+                let _ = writer.window_change(size.cols, size.rows, 0, 0).await;
+            }
+            msg = reader.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    let _ = stdout.write_all(&data).await;
+                    let _ = stdout.flush().await;
+                }
+                Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    let _ = stderr.write_all(&data).await;
+                    let _ = stderr.flush().await;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => code = Some(exit_status),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    drop(raw_mode);
+    match code {
+        Some(0) => Ok(()),
+        Some(code) => Err(CliError::Remote(i32::try_from(code).unwrap_or(255))),
+        None => Err(failed("the session ended without an exit status".into())),
+    }
+}
+
 #[cfg(unix)]
 mod terminal {
     //! The local terminal: raw mode, its size, its resizes.
 
     use std::os::fd::AsFd;
 
-    use berth_proto::pb::exec_input::Kind as In;
-    use berth_proto::pb::{ExecInput, TerminalSize};
+    use berth_proto::pb::TerminalSize;
     use nix::sys::termios::{self, SetArg, Termios};
     use tokio::sync::mpsc;
 
@@ -186,22 +295,24 @@ mod terminal {
         }
     }
 
-    pub(super) async fn forward_resizes(tx: mpsc::Sender<ExecInput>) {
-        let Ok(mut winch) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-        else {
-            return;
-        };
-        while winch.recv().await.is_some() {
-            if let Some(size) = size() {
-                let frame = ExecInput {
-                    kind: Some(In::Resize(size)),
-                };
-                if tx.send(frame).await.is_err() {
-                    return;
+    /// The terminal's new size each time it changes.
+    pub(super) fn resizes() -> mpsc::Receiver<TerminalSize> {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some(size) = size() {
+                    if tx.send(size).await.is_err() {
+                        return;
+                    }
                 }
             }
-        }
+        });
+        rx
     }
 }
 
@@ -209,7 +320,7 @@ mod terminal {
 mod terminal {
     //! Windows: the session runs on pipes (no raw mode yet).
 
-    use berth_proto::pb::{ExecInput, TerminalSize};
+    use berth_proto::pb::TerminalSize;
     use tokio::sync::mpsc;
 
     pub(super) fn is_terminal() -> bool {
@@ -228,5 +339,7 @@ mod terminal {
         }
     }
 
-    pub(super) async fn forward_resizes(_: mpsc::Sender<ExecInput>) {}
+    pub(super) fn resizes() -> mpsc::Receiver<TerminalSize> {
+        mpsc::channel(1).1
+    }
 }

@@ -56,6 +56,15 @@ pub enum LinkError {
 pub enum Address {
     /// A unix domain socket at this path.
     Unix(PathBuf),
+    /// A unix socket on a remote host, reached through SSH
+    /// (`direct-streamlocal`): the machine's driver holds the session and
+    /// its keys, so such an address is shown, never dialled from here.
+    Ssh {
+        /// `user@host:port`.
+        destination: String,
+        /// The socket's path on that host.
+        socket: PathBuf,
+    },
 }
 
 impl FromStr for Address {
@@ -78,7 +87,24 @@ impl FromStr for Address {
                 }
                 Ok(Address::Unix(PathBuf::from(path)))
             }
-            _ => Err(invalid("unknown scheme; the supported one is 'unix'")),
+            "ssh" => {
+                let rest = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| invalid("expected ssh://USER@HOST:PORT/SOCKET"))?;
+                let (destination, socket) = rest
+                    .split_once('/')
+                    .ok_or_else(|| invalid("expected ssh://USER@HOST:PORT/SOCKET"))?;
+                if destination.is_empty() || socket.is_empty() {
+                    return Err(invalid("expected ssh://USER@HOST:PORT/SOCKET"));
+                }
+                Ok(Address::Ssh {
+                    destination: destination.to_owned(),
+                    socket: PathBuf::from(format!("/{socket}")),
+                })
+            }
+            _ => Err(invalid(
+                "unknown scheme; the supported ones are 'unix' and 'ssh'",
+            )),
         }
     }
 }
@@ -87,6 +113,10 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Unix(path) => write!(f, "unix://{}", path.display()),
+            Address::Ssh {
+                destination,
+                socket,
+            } => write!(f, "ssh://{destination}{}", socket.display()),
         }
     }
 }
@@ -162,6 +192,9 @@ fn service<C: Connector>(
 pub fn connect(address: &Address) -> Result<Channel, LinkError> {
     match address {
         Address::Unix(path) => Ok(channel(UnixConnector::new(path.clone())?)),
+        Address::Ssh { .. } => Err(LinkError::Unsupported {
+            kind: "SSH (opened by the machine's driver)",
+        }),
     }
 }
 
@@ -189,11 +222,28 @@ mod tests {
     fn display_round_trips() {
         let a = Address::Unix("/tmp/x y/agent.sock".into());
         assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
+        let s = Address::Ssh {
+            destination: "root@192.0.2.7:22".into(),
+            socket: "/run/berth-agent/agent.sock".into(),
+        };
+        assert_eq!(
+            s.to_string(),
+            "ssh://root@192.0.2.7:22/run/berth-agent/agent.sock"
+        );
+        assert_eq!(s.to_string().parse::<Address>().unwrap(), s);
     }
 
     #[test]
     fn rejects_bad_addresses() {
-        for bad in ["", "unix:", "unix://", "/run/a.sock", "tcp:1.2.3.4:5"] {
+        for bad in [
+            "",
+            "unix:",
+            "unix://",
+            "/run/a.sock",
+            "tcp:1.2.3.4:5",
+            "ssh://host",
+            "ssh:x/y",
+        ] {
             let err = bad.parse::<Address>().unwrap_err();
             assert!(
                 err.to_string().contains("invalid agent address"),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use berth_proto::link::Address;
 use serde::{Deserialize, Serialize};
 
+pub mod generic;
 pub mod native;
 pub mod qemu;
 
@@ -64,6 +65,23 @@ pub struct Endpoint {
     pub agent: Address,
     /// The Docker Engine API.
     pub docker: DockerEndpoint,
+    /// Real SSH to the host, where it has it (`berth ssh` and `scp` use
+    /// it); without it they go through the agent.
+    pub ssh: Option<crate::ssh::SshTarget>,
+}
+
+/// What `provision`, `upgrade` and `regenerate-certs` redo on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// Everything provisioning does.
+    Full,
+    /// A new agent program, its state kept.
+    Upgrade,
+    /// New server and client certificates (and a new CA with `new_ca`).
+    RegenerateCerts {
+        /// Make a new CA too.
+        new_ca: bool,
+    },
 }
 
 /// How the engine on a host is set up, as docker-machine's `--engine-*`
@@ -253,6 +271,17 @@ pub enum DriverError {
         /// What the user can try.
         hint: String,
     },
+    /// Reaching or provisioning a remote host failed.
+    #[error("{0}")]
+    Remote(String),
+    /// The driver does not do this.
+    #[error("the {driver} driver does not support {what}")]
+    NotSupported {
+        /// The driver.
+        driver: &'static str,
+        /// What was asked.
+        what: &'static str,
+    },
     /// A file or process operation failed.
     #[error("cannot {action}: {source}")]
     Io {
@@ -310,6 +339,24 @@ pub trait Driver: Send + Sync {
 
     /// Where the host's agent and Docker API are reached.
     fn endpoint(&self) -> Endpoint;
+
+    /// A gRPC channel to the host's agent.
+    async fn agent_channel(&self) -> Result<tonic::transport::Channel, DriverError> {
+        berth_proto::link::connect(&self.endpoint().agent)
+            .map_err(|e| DriverError::Remote(e.to_string()))
+    }
+
+    /// Provisions the host again, or the part `what` names.
+    async fn provision(&self, what: Provision) -> Result<(), DriverError> {
+        Err(DriverError::NotSupported {
+            driver: self.name(),
+            what: match what {
+                Provision::Full => "provision",
+                Provision::Upgrade => "upgrade",
+                Provision::RegenerateCerts { .. } => "regenerate-certs",
+            },
+        })
+    }
 }
 
 /// A machine's choice of driver and that driver's settings, as saved in
@@ -321,17 +368,20 @@ pub enum DriverConfig {
     Native(native::NativeConfig),
     /// A QEMU VM booted from Berth's guest image.
     Qemu(qemu::QemuConfig),
+    /// Any Linux host reachable over SSH.
+    Generic(generic::GenericConfig),
 }
 
 impl DriverConfig {
     /// Names of all drivers, as `--driver` takes them.
-    pub const NAMES: &'static [&'static str] = &[native::NAME, qemu::NAME];
+    pub const NAMES: &'static [&'static str] = &[native::NAME, qemu::NAME, generic::NAME];
 
     /// The driver's name.
     pub fn name(&self) -> &'static str {
         match self {
             DriverConfig::Native(_) => native::NAME,
             DriverConfig::Qemu(_) => qemu::NAME,
+            DriverConfig::Generic(_) => generic::NAME,
         }
     }
 
@@ -340,6 +390,7 @@ impl DriverConfig {
         match name {
             native::NAME => Some(DriverConfig::Native(native::NativeConfig::default())),
             qemu::NAME => Some(DriverConfig::Qemu(qemu::QemuConfig::default())),
+            generic::NAME => Some(DriverConfig::Generic(generic::GenericConfig::default())),
             _ => None,
         }
     }
@@ -351,6 +402,9 @@ impl DriverConfig {
                 Box::new(native::NativeDriver::new(config.clone(), context))
             }
             DriverConfig::Qemu(config) => Box::new(qemu::QemuDriver::new(config.clone(), context)),
+            DriverConfig::Generic(config) => {
+                Box::new(generic::GenericDriver::new(config.clone(), context))
+            }
         }
     }
 }

@@ -144,13 +144,14 @@ impl Driver for NativeDriver {
                 url: format!("unix://{}", self.docker_socket().display()),
                 tls: false,
             },
+            ssh: None,
         }
     }
 }
 
 /// Finds the agent program: `$BERTH_AGENT`, then next to the running
 /// program, then on `PATH`.
-fn find_agent() -> Result<PathBuf, DriverError> {
+pub(crate) fn find_agent() -> Result<PathBuf, DriverError> {
     if let Some(path) = std::env::var_os(AGENT_ENV) {
         let path = PathBuf::from(path);
         return if path.is_file() {

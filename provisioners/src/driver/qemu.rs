@@ -532,6 +532,7 @@ impl Driver for QemuDriver {
                 url: format!("unix://{}", files.docker_socket().display()),
                 tls: false,
             },
+            ssh: None,
         }
     }
 }
