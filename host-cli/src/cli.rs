@@ -121,6 +121,45 @@ pub struct CreateArgs {
     /// it is pinned, and a different key is refused afterwards.
     #[arg(long)]
     pub ssh_accept_new_host_key: bool,
+    /// AWS access key (ec2; default: AWS_ACCESS_KEY_ID or ~/.aws/credentials).
+    #[arg(long, value_name = "KEY")]
+    pub amazonec2_access_key: Option<String>,
+    /// AWS secret key (ec2; default: AWS_SECRET_ACCESS_KEY or ~/.aws/credentials).
+    #[arg(long, value_name = "KEY")]
+    pub amazonec2_secret_key: Option<String>,
+    /// AWS session token (ec2).
+    #[arg(long, value_name = "TOKEN")]
+    pub amazonec2_session_token: Option<String>,
+    /// The region (ec2; default: AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub amazonec2_region: Option<String>,
+    /// Another EC2 endpoint than the region's, e.g. https://ec2.example:443 (ec2).
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL_EC2")]
+    pub amazonec2_endpoint: Option<String>,
+    /// The AMI to launch (ec2).
+    #[arg(long, value_name = "AMI")]
+    pub amazonec2_ami: Option<String>,
+    /// The instance type (ec2; default t3.micro).
+    #[arg(long, value_name = "TYPE")]
+    pub amazonec2_instance_type: Option<String>,
+    /// The user the AMI lets in over SSH (ec2; default ubuntu).
+    #[arg(long, value_name = "USER")]
+    pub amazonec2_ssh_user: Option<String>,
+    /// The subnet to launch in (ec2).
+    #[arg(long, value_name = "ID")]
+    pub amazonec2_subnet_id: Option<String>,
+    /// The VPC of the machine's security group (ec2).
+    #[arg(long, value_name = "ID")]
+    pub amazonec2_vpc_id: Option<String>,
+    /// The instance's private address in its subnet (ec2).
+    #[arg(long, value_name = "ADDRESS")]
+    pub amazonec2_private_ip: Option<String>,
+    /// Reach the instance at its private address only (ec2; from inside its VPC).
+    #[arg(long)]
+    pub amazonec2_private_address_only: bool,
+    /// A private key for the instance instead of a new one (ec2).
+    #[arg(long, value_name = "FILE")]
+    pub amazonec2_ssh_keypath: Option<std::path::PathBuf>,
     /// The new machine's name.
     pub name: String,
 }

@@ -16,6 +16,7 @@
 //!   serves its sockets on this machine.
 //!
 //! - [`driver::generic`] — any Linux host reachable over SSH.
+//! - [`driver::ec2`] — an Amazon EC2 instance, through [`ec2`], the API client.
 //! - [`ssh`] — the SSH client: host keys, commands, uploads, sockets.
 //! - [`provision`] — a remote host made a Berth host: agent, service,
 //!   certificates, a checked TLS endpoint.
@@ -25,6 +26,7 @@
 
 pub mod certs;
 pub mod driver;
+pub mod ec2;
 pub mod provision;
 pub mod ssh;
 pub mod supervisor;
@@ -32,3 +34,17 @@ pub mod supervisor;
 pub use driver::{
     DockerEndpoint, Driver, DriverConfig, DriverError, Endpoint, MachineContext, MachineState,
 };
+
+/// An error with its causes, one line: `a: b: c`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -79,3 +79,17 @@ ensure_toolchain() {
   command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
   ensure_packages "${BUILD_PACKAGES[@]}"
 }
+
+# ensure_moto: moto's EC2 server and boto3 (PyPI moto[server]) in a venv
+# of the project's, target/moto-venv, for the ec2 driver's tests.
+ensure_moto() {
+  local venv="$ROOT/target/moto-venv"
+  [ -x "$venv/bin/moto_server" ] && return 0
+  say "installing moto[server] into $venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    ensure_packages python3-venv
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+}

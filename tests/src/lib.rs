@@ -5,6 +5,7 @@
 //! them first (`cargo build --workspace --bins`), as `scripts/test` does.
 
 pub mod docker;
+pub mod moto;
 pub mod registry;
 pub mod runtime;
 pub mod sshd;

@@ -1,8 +1,8 @@
 //! `berth create`: a new machine, made whole or not at all.
 
-use berth_provisioners::driver::generic;
 use berth_provisioners::driver::qemu::{self, Accel};
 use berth_provisioners::driver::EngineOptions;
+use berth_provisioners::driver::{ec2, generic};
 use berth_provisioners::{DriverConfig, MachineContext};
 
 use super::{progress, waiting};
@@ -68,7 +68,42 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
     };
     engine.validate().map_err(CliError::Usage)?;
     // Which flags each driver takes; any other given is refused.
-    let given: [(&str, bool, &[&str]); 11] = [
+    let ec2_flags = [
+        (
+            "--amazonec2-access-key",
+            args.amazonec2_access_key.is_some(),
+        ),
+        (
+            "--amazonec2-secret-key",
+            args.amazonec2_secret_key.is_some(),
+        ),
+        (
+            "--amazonec2-session-token",
+            args.amazonec2_session_token.is_some(),
+        ),
+        ("--amazonec2-region", args.amazonec2_region.is_some()),
+        ("--amazonec2-ami", args.amazonec2_ami.is_some()),
+        (
+            "--amazonec2-instance-type",
+            args.amazonec2_instance_type.is_some(),
+        ),
+        ("--amazonec2-ssh-user", args.amazonec2_ssh_user.is_some()),
+        ("--amazonec2-subnet-id", args.amazonec2_subnet_id.is_some()),
+        ("--amazonec2-vpc-id", args.amazonec2_vpc_id.is_some()),
+        (
+            "--amazonec2-private-ip",
+            args.amazonec2_private_ip.is_some(),
+        ),
+        (
+            "--amazonec2-private-address-only",
+            args.amazonec2_private_address_only,
+        ),
+        (
+            "--amazonec2-ssh-keypath",
+            args.amazonec2_ssh_keypath.is_some(),
+        ),
+    ];
+    let mut given: Vec<(&str, bool, &[&str])> = vec![
         ("--cpus", args.cpus.is_some(), &[qemu::NAME]),
         ("--memory", args.memory.is_some(), &[qemu::NAME]),
         ("--disk-size", args.disk_size.is_some(), &[qemu::NAME]),
@@ -81,7 +116,7 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
         (
             "--engine-insecure-registry",
             !args.engine_insecure_registry.is_empty(),
-            &[qemu::NAME, generic::NAME],
+            &[qemu::NAME, generic::NAME, ec2::NAME],
         ),
         (
             "--generic-ip-address",
@@ -109,6 +144,11 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
             &[generic::NAME],
         ),
     ];
+    given.extend(
+        ec2_flags
+            .iter()
+            .map(|(f, set)| (*f, *set, &[ec2::NAME][..])),
+    );
     if let Some((flag, _, _)) = given
         .iter()
         .find(|(_, set, drivers)| *set && !drivers.contains(&config.name()))
@@ -163,6 +203,40 @@ fn driver_config(args: &CreateArgs) -> Result<DriverConfig, CliError> {
             generic.known_hosts = args.ssh_known_hosts.as_deref().map(absolute).transpose()?;
             generic.accept_new_host_key = args.ssh_accept_new_host_key;
             generic.engine = engine;
+        }
+        DriverConfig::Ec2(ec2) => {
+            let set = |to: &mut Option<String>, from: &Option<String>| {
+                if from.is_some() {
+                    *to = from.clone();
+                }
+            };
+            set(&mut ec2.access_key, &args.amazonec2_access_key);
+            set(&mut ec2.secret_key, &args.amazonec2_secret_key);
+            set(&mut ec2.session_token, &args.amazonec2_session_token);
+            set(&mut ec2.endpoint, &args.amazonec2_endpoint);
+            set(&mut ec2.subnet_id, &args.amazonec2_subnet_id);
+            set(&mut ec2.vpc_id, &args.amazonec2_vpc_id);
+            set(&mut ec2.private_ip, &args.amazonec2_private_ip);
+            if let Some(region) = &args.amazonec2_region {
+                ec2.region = region.clone();
+            }
+            ec2.ami = args
+                .amazonec2_ami
+                .clone()
+                .ok_or_else(|| CliError::Usage("the ec2 driver needs --amazonec2-ami".into()))?;
+            if let Some(t) = &args.amazonec2_instance_type {
+                ec2.instance_type = t.clone();
+            }
+            if let Some(u) = &args.amazonec2_ssh_user {
+                ec2.ssh_user = u.clone();
+            }
+            ec2.private_address_only = args.amazonec2_private_address_only;
+            ec2.ssh_key = args
+                .amazonec2_ssh_keypath
+                .as_deref()
+                .map(absolute)
+                .transpose()?;
+            ec2.engine = engine;
         }
     }
     Ok(config)

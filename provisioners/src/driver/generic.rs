@@ -113,38 +113,33 @@ impl RemoteHost {
             .map_err(|e| DriverError::Remote(e.to_string()))
     }
 
-    /// Copies `key` into the machine and pins the host's key: checked
-    /// against `known_hosts` (the user's file unless given), or trusted
-    /// on first use when `accept_new` says so.
-    pub async fn adopt(
-        &self,
-        key: &std::path::Path,
-        known_hosts: Option<&std::path::Path>,
-        accept_new: bool,
-    ) -> Result<(), DriverError> {
-        let target = self.target();
+    /// Copies `key` into the machine: what every later connection uses.
+    pub fn adopt_key(&self, key: &std::path::Path) -> Result<(), DriverError> {
         std::fs::create_dir_all(&self.context.dir)
             .map_err(|e| DriverError::io("create the machine directory", e))?;
         let bytes = std::fs::read(key)
             .map_err(|e| DriverError::io(format!("read the SSH key {}", key.display()), e))?;
-        write_private(&target.key, &bytes)?;
-        // The host's key: looked up in the file given (else the user's),
-        // never written there; what is accepted is pinned in the machine.
-        let consult: Vec<PathBuf> = known_hosts
-            .map(std::path::Path::to_path_buf)
-            .or_else(crate::ssh::user_known_hosts)
-            .into_iter()
-            .collect();
+        write_private(&self.target().key, &bytes)
+    }
+
+    /// Logs in once and pins the host's key in the machine: the key must
+    /// match where one of `consult` (read only) has the host; a host none
+    /// of them has is refused unless `accept_new` (trust on first use).
+    pub async fn pin_host_key(
+        &self,
+        consult: Vec<PathBuf>,
+        accept_new: bool,
+    ) -> Result<(), DriverError> {
         Session::connect(
-            &target,
+            &self.target(),
             HostKeys::Adopt {
                 consult,
                 accept_new,
             },
         )
         .await
-        .map_err(|e| DriverError::Remote(e.to_string()))?;
-        Ok(())
+        .map(|_| ())
+        .map_err(|e| DriverError::Remote(e.to_string()))
     }
 
     /// Makes the CA (unless there is one) and the server and client
@@ -395,12 +390,18 @@ impl Driver for GenericDriver {
     }
 
     async fn create(&self) -> Result<(), DriverError> {
+        self.host.adopt_key(&self.config.ssh_key)?;
+        // The host's key is looked up in the file given, else the user's
+        // (never written there); what is accepted is pinned in the machine.
+        let consult = self
+            .config
+            .known_hosts
+            .clone()
+            .or_else(crate::ssh::user_known_hosts)
+            .into_iter()
+            .collect();
         self.host
-            .adopt(
-                &self.config.ssh_key,
-                self.config.known_hosts.as_deref(),
-                self.config.accept_new_host_key,
-            )
+            .pin_host_key(consult, self.config.accept_new_host_key)
             .await?;
         self.host.make_certs(true)?;
         self.host.provision(Provision::Full).await

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use berth_proto::link::Address;
 use serde::{Deserialize, Serialize};
 
+pub mod ec2;
 pub mod generic;
 pub mod native;
 pub mod qemu;
@@ -370,11 +371,14 @@ pub enum DriverConfig {
     Qemu(qemu::QemuConfig),
     /// Any Linux host reachable over SSH.
     Generic(generic::GenericConfig),
+    /// An Amazon EC2 instance.
+    Ec2(ec2::Ec2Config),
 }
 
 impl DriverConfig {
     /// Names of all drivers, as `--driver` takes them.
-    pub const NAMES: &'static [&'static str] = &[native::NAME, qemu::NAME, generic::NAME];
+    pub const NAMES: &'static [&'static str] =
+        &[native::NAME, qemu::NAME, generic::NAME, ec2::NAME];
 
     /// The driver's name.
     pub fn name(&self) -> &'static str {
@@ -382,6 +386,7 @@ impl DriverConfig {
             DriverConfig::Native(_) => native::NAME,
             DriverConfig::Qemu(_) => qemu::NAME,
             DriverConfig::Generic(_) => generic::NAME,
+            DriverConfig::Ec2(_) => ec2::NAME,
         }
     }
 
@@ -391,6 +396,7 @@ impl DriverConfig {
             native::NAME => Some(DriverConfig::Native(native::NativeConfig::default())),
             qemu::NAME => Some(DriverConfig::Qemu(qemu::QemuConfig::default())),
             generic::NAME => Some(DriverConfig::Generic(generic::GenericConfig::default())),
+            ec2::NAME => Some(DriverConfig::Ec2(ec2::Ec2Config::default())),
             _ => None,
         }
     }
@@ -405,6 +411,7 @@ impl DriverConfig {
             DriverConfig::Generic(config) => {
                 Box::new(generic::GenericDriver::new(config.clone(), context))
             }
+            DriverConfig::Ec2(config) => Box::new(ec2::Ec2Driver::new(config.clone(), context)),
         }
     }
 }
