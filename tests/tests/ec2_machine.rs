@@ -226,6 +226,22 @@ fn cloud_errors_are_clear_and_leave_nothing() {
     );
     assert!(!berth.machine_dir("unreachable").exists());
     assert_eq!(leftovers(&c), serde_json::json!([]));
+    // An AMI the region does not have: refused before anything is made.
+    let mut args = create_args(&c, &host, &c.key, &c.secret, "noimage");
+    let at = args.iter().position(|a| a == "--amazonec2-ami").unwrap();
+    args[at + 1] = "ami-0000000000000dead".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = command(&berth, &args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("InvalidAMIID"), "{said}");
+    assert!(!berth.machine_dir("noimage").exists());
+    assert_eq!(leftovers(&c), serde_json::json!([]));
     // No AMI: refused before anything is made.
     let out = command(&berth, &["create", "--driver", "ec2", "noami"])
         .output()

@@ -401,6 +401,19 @@ impl Driver for Ec2Driver {
             c.session_token.as_deref(),
         )
         .map_err(|e| DriverError::PreCreate(e.to_string()))?;
+        // The AMI must exist in the region before anything is made for it
+        // (RunInstances would only say so after the key pair and group).
+        let client = self.client()?;
+        let answer = client
+            .call("DescribeImages", &params(&[("ImageId.1", &c.ami)]))
+            .await
+            .map_err(|e| DriverError::PreCreate(e.to_string()))?;
+        if answer.first("imageId").is_none() {
+            return Err(DriverError::PreCreate(format!(
+                "the AMI {} is not in region {} (give an AMI of this region with --amazonec2-ami)",
+                c.ami, c.region
+            )));
+        }
         Ok(())
     }
 
