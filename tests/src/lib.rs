@@ -80,6 +80,7 @@ impl Berth {
         cmd.args(args)
             .env("BERTH_HOME", self.home())
             .env("BERTH_AGENT", bin("berth-agent"))
+            .envs(static_agent().map(|a| ("BERTH_AGENT_X86_64", a)))
             .env("SHELL", "/bin/bash")
             .env_remove("DOCKER_HOST")
             .env_remove("BERTH_LOG")

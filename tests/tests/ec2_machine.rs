@@ -6,8 +6,6 @@
 //! rm leaves no resource behind, as boto3 sees it. Bad credentials are
 //! refused with AWS's own error and a hint, and leave nothing.
 
-use std::process::Command;
-
 use berth_tests::moto::Moto;
 use berth_tests::sshd::SshHost;
 use berth_tests::{require_root, Berth};
@@ -56,29 +54,6 @@ fn cloud(host: &SshHost) -> Cloud {
         ami: made[2].as_str().unwrap().to_owned(),
         moto,
     }
-}
-
-fn command(berth: &Berth, args: &[&str]) -> Command {
-    let mut c = berth.command(args);
-    if let Some(agent) = berth_tests::static_agent() {
-        c.env("BERTH_AGENT_X86_64", agent);
-    }
-    c.env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("HOME", berth.home());
-    c
-}
-
-fn ok(berth: &Berth, args: &[&str]) -> String {
-    let out = command(berth, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn create_args(c: &Cloud, host: &SshHost, key: &str, secret: &str, name: &str) -> Vec<String> {
@@ -135,17 +110,14 @@ fn an_ec2_machine_is_made_provisioned_and_removed() {
     let berth = Berth::new();
     let args = create_args(&c, &host, &c.key, &c.secret, "cloudy");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&berth, &args);
+    berth.ok(&args);
     // The instance is the SSH host: provisioned, its endpoint answers.
     assert!(host.path("/usr/local/bin/berth-agent").is_file());
-    let ls = ok(
-        &berth,
-        &[
-            "ls",
-            "--format",
-            "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}",
-        ],
-    );
+    let ls = berth.ok(&[
+        "ls",
+        "--format",
+        "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}",
+    ]);
     assert_eq!(
         ls.trim(),
         format!("cloudy ec2 Running tcp://{}:2376", host.ip),
@@ -163,24 +135,24 @@ fn an_ec2_machine_is_made_provisioned_and_removed() {
     assert_eq!(made[2], "cloudy");
     assert_eq!(made[3], 1);
     assert_eq!(
-        ok(&berth, &["ssh", "cloudy", "--", "uname", "-s"]).trim(),
+        berth.ok(&["ssh", "cloudy", "--", "uname", "-s"]).trim(),
         "Linux"
     );
 
     // stop and start are EC2's.
-    ok(&berth, &["stop", "cloudy"]);
-    assert_eq!(ok(&berth, &["status", "cloudy"]).trim(), "Stopped");
+    berth.ok(&["stop", "cloudy"]);
+    assert_eq!(berth.ok(&["status", "cloudy"]).trim(), "Stopped");
     let state = c.moto.boto(
         &c.key,
         &c.secret,
         "out = ec2.describe_instances()['Reservations'][0]['Instances'][0]['State']['Name']",
     );
     assert_eq!(state, "stopped");
-    ok(&berth, &["start", "cloudy"]);
-    assert_eq!(ok(&berth, &["status", "cloudy"]).trim(), "Running");
+    berth.ok(&["start", "cloudy"]);
+    assert_eq!(berth.ok(&["status", "cloudy"]).trim(), "Running");
 
     // rm: nothing left in the cloud, nothing here.
-    ok(&berth, &["rm", "-f", "cloudy"]);
+    berth.ok(&["rm", "-f", "cloudy"]);
     assert_eq!(leftovers(&c), serde_json::json!([]));
     assert!(!berth.machine_dir("cloudy").exists());
 }
@@ -194,7 +166,7 @@ fn cloud_errors_are_clear_and_leave_nothing() {
     // Credentials AWS does not know.
     let args = create_args(&c, &host, "AKIAWRONG", "wrong", "denied");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = command(&berth, &args).output().unwrap();
+    let out = berth.run(&args);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("AuthFailure"), "{said}");
@@ -203,7 +175,7 @@ fn cloud_errors_are_clear_and_leave_nothing() {
     // Right key, wrong secret: the signature does not check out.
     let args = create_args(&c, &host, &c.key, "not-the-secret", "forged");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = command(&berth, &args).output().unwrap();
+    let out = berth.run(&args);
     assert!(!out.status.success());
     assert!(!berth.machine_dir("forged").exists());
     // A failure after resources were made: the instance cannot be reached
@@ -215,7 +187,8 @@ fn cloud_errors_are_clear_and_leave_nothing() {
         .unwrap();
     args[at + 1] = host.ip.replace(".2", ".9");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = command(&berth, &args)
+    let out = berth
+        .command(&args)
         .env("BERTH_EC2_SSH_TIMEOUT", "5")
         .output()
         .unwrap();
@@ -231,7 +204,7 @@ fn cloud_errors_are_clear_and_leave_nothing() {
     let at = args.iter().position(|a| a == "--amazonec2-ami").unwrap();
     args[at + 1] = "ami-0000000000000dead".into();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = command(&berth, &args).output().unwrap();
+    let out = berth.run(&args);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -243,8 +216,6 @@ fn cloud_errors_are_clear_and_leave_nothing() {
     assert!(!berth.machine_dir("noimage").exists());
     assert_eq!(leftovers(&c), serde_json::json!([]));
     // No AMI: refused before anything is made.
-    let out = command(&berth, &["create", "--driver", "ec2", "noami"])
-        .output()
-        .unwrap();
+    let out = berth.run(&["create", "--driver", "ec2", "noami"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--amazonec2-ami"));
 }

@@ -11,42 +11,6 @@ use std::process::Command;
 use berth_tests::sshd::{SshHost, SshHostOptions};
 use berth_tests::{require_root, Berth};
 
-fn berth_for(host: &SshHost) -> Berth {
-    let berth = Berth::new();
-    let _ = host;
-    berth
-}
-
-/// `berth` with the static agent for uploads when it was built.
-fn command(berth: &Berth, args: &[&str]) -> Command {
-    let mut c = berth.command(args);
-    if let Some(agent) = berth_tests::static_agent() {
-        c.env("BERTH_AGENT_X86_64", agent);
-    }
-    c
-}
-
-fn ok(berth: &Berth, args: &[&str]) -> String {
-    let out = command(berth, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `berth args`, which must fail; its stderr.
-fn fails(berth: &Berth, args: &[&str]) -> String {
-    let out = command(berth, args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "berth {args:?} succeeded: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
 fn create_args<'a>(host: &'a SshHost, name: &'a str) -> Vec<&'a str> {
     vec![
         "create",
@@ -64,7 +28,8 @@ fn create_args<'a>(host: &'a SshHost, name: &'a str) -> Vec<&'a str> {
 
 /// The variables `berth env` sets, from its bash output.
 fn env_of(berth: &Berth, name: &str) -> Vec<(String, String)> {
-    ok(berth, &["env", "--shell", "bash", name])
+    berth
+        .ok(&["env", "--shell", "bash", name])
         .lines()
         .filter_map(|l| l.strip_prefix("export "))
         .filter_map(|l| l.split_once('='))
@@ -112,27 +77,24 @@ fn busybox_tar(dir: &std::path::Path) -> std::path::PathBuf {
 fn a_generic_host_is_provisioned_and_driven() {
     require_root();
     let host = SshHost::start();
-    let berth = berth_for(&host);
-    let out = ok(&berth, &create_args(&host, "far"));
+    let berth = Berth::new();
+    let out = berth.ok(&create_args(&host, "far"));
     let _ = out;
     assert!(host.path("/usr/local/bin/berth-agent").is_file());
     assert!(host.path("/etc/berth-agent/server-key.pem").is_file());
-    let ls = ok(
-        &berth,
-        &[
-            "ls",
-            "--format",
-            "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}",
-        ],
-    );
+    let ls = berth.ok(&[
+        "ls",
+        "--format",
+        "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}",
+    ]);
     assert_eq!(
         ls.trim(),
         format!("far generic Running tcp://{}:2376", host.ip),
         "{ls}"
     );
-    assert_eq!(ok(&berth, &["ip", "far"]).trim(), host.ip);
+    assert_eq!(berth.ok(&["ip", "far"]).trim(), host.ip);
     assert_eq!(
-        ok(&berth, &["url", "far"]).trim(),
+        berth.ok(&["url", "far"]).trim(),
         format!("tcp://{}:2376", host.ip)
     );
 
@@ -156,50 +118,42 @@ fn a_generic_host_is_provisioned_and_driven() {
     assert!(!docker(&bare, &["version"]).status.success());
 
     // Real SSH: a command's output and exit status, and scp both ways.
-    let out = ok(&berth, &["ssh", "far", "--", "uname", "-s"]);
+    let out = berth.ok(&["ssh", "far", "--", "uname", "-s"]);
     assert_eq!(out.trim(), "Linux");
-    let out = command(
-        &berth,
-        &["ssh", "far", "--", "sh", "-c", "echo oops >&2; exit 3"],
-    )
-    .output()
-    .unwrap();
+    let out = berth.run(&["ssh", "far", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
     let local = host.dir.path().join("note.txt");
     std::fs::write(&local, "carried over\n").unwrap();
-    ok(&berth, &["scp", local.to_str().unwrap(), "far:/var/log/"]);
+    berth.ok(&["scp", local.to_str().unwrap(), "far:/var/log/"]);
     assert_eq!(
         std::fs::read_to_string(host.path("/var/log/note.txt")).unwrap(),
         "carried over\n"
     );
     let back = host.dir.path().join("back.txt");
-    ok(
-        &berth,
-        &["scp", "far:/var/log/note.txt", back.to_str().unwrap()],
-    );
+    berth.ok(&["scp", "far:/var/log/note.txt", back.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "carried over\n");
 
     // Stop and start: the agent goes and comes back with its images.
-    ok(&berth, &["stop", "far"]);
-    assert_eq!(ok(&berth, &["status", "far"]).trim(), "Stopped");
+    berth.ok(&["stop", "far"]);
+    assert_eq!(berth.ok(&["status", "far"]).trim(), "Stopped");
     assert!(!host.runs("berth-agent serve"));
-    ok(&berth, &["start", "far"]);
-    assert_eq!(ok(&berth, &["status", "far"]).trim(), "Running");
+    berth.ok(&["start", "far"]);
+    assert_eq!(berth.ok(&["status", "far"]).trim(), "Running");
     assert!(docker_ok(&env, &["images", "-q"]).lines().count() >= 1);
 
     // Upgrade keeps the state; new certificates work; provision again works.
-    ok(&berth, &["upgrade", "far"]);
+    berth.ok(&["upgrade", "far"]);
     assert!(docker_ok(&env, &["images", "-q"]).lines().count() >= 1);
     let old_client = std::fs::read(certs.join("cert.pem")).unwrap();
-    ok(&berth, &["regenerate-certs", "-f", "far"]);
+    berth.ok(&["regenerate-certs", "-f", "far"]);
     assert_ne!(std::fs::read(certs.join("cert.pem")).unwrap(), old_client);
     docker_ok(&env, &["version"]);
-    ok(&berth, &["provision", "far"]);
+    berth.ok(&["provision", "far"]);
     docker_ok(&env, &["version"]);
 
     // rm takes away what provisioning installed, and the machine.
-    ok(&berth, &["rm", "-f", "far"]);
+    berth.ok(&["rm", "-f", "far"]);
     assert!(!host.path("/usr/local/bin/berth-agent").exists());
     assert!(!host.path("/etc/berth-agent/server.pem").exists());
     assert!(!host.runs("berth-agent serve"));
@@ -210,17 +164,17 @@ fn a_generic_host_is_provisioned_and_driven() {
 fn remote_faults_are_clear_and_leave_nothing() {
     require_root();
     let host = SshHost::start();
-    let berth = berth_for(&host);
+    let berth = Berth::new();
     let gone = |name: &str| {
         assert!(!berth.machine_dir(name).exists(), "{name} was left behind");
-        assert!(ok(&berth, &["ls", "-q"]).trim().is_empty());
+        assert!(berth.ok(&["ls", "-q"]).trim().is_empty());
     };
 
     // Nobody at that address.
     let mut args = create_args(&host, "nobody");
     let elsewhere = host.ip.replace(".2", ".9");
     args[4] = &elsewhere;
-    let said = fails(&berth, &args);
+    let said = berth.fails(&args);
     assert!(said.contains("cannot reach"), "{said}");
     gone("nobody");
 
@@ -241,7 +195,7 @@ fn remote_faults_are_clear_and_leave_nothing() {
     assert!(status.success());
     let mut args = create_args(&host, "refused");
     args[6] = other.to_str().unwrap();
-    let said = fails(&berth, &args);
+    let said = berth.fails(&args);
     assert!(said.contains("refused the key"), "{said}");
     gone("refused");
 
@@ -250,7 +204,7 @@ fn remote_faults_are_clear_and_leave_nothing() {
     std::fs::write(&empty, "").unwrap();
     let mut args = create_args(&host, "unknown");
     args[8] = empty.to_str().unwrap();
-    let said = fails(&berth, &args);
+    let said = berth.fails(&args);
     assert!(said.contains("is not known"), "{said}");
     assert!(said.contains("--ssh-accept-new-host-key"), "{said}");
     gone("unknown");
@@ -262,23 +216,20 @@ fn remote_faults_are_clear_and_leave_nothing() {
     std::fs::write(&forged, format!("{} {} {}\n", host.ip, parts[0], parts[1])).unwrap();
     let mut args = create_args(&host, "changed");
     args[8] = forged.to_str().unwrap();
-    let said = fails(&berth, &args);
+    let said = berth.fails(&args);
     assert!(said.contains("differs"), "{said}");
     gone("changed");
     // Bad input is refused before anything is made.
-    let said = fails(&berth, &["create", "--driver", "generic", "noaddress"]);
+    let said = berth.fails(&["create", "--driver", "generic", "noaddress"]);
     assert!(said.contains("--generic-ip-address"), "{said}");
-    let said = fails(
-        &berth,
-        &[
-            "create",
-            "--driver",
-            "native",
-            "--generic-ssh-port",
-            "2",
-            "x",
-        ],
-    );
+    let said = berth.fails(&[
+        "create",
+        "--driver",
+        "native",
+        "--generic-ssh-port",
+        "2",
+        "x",
+    ]);
     assert!(said.contains("does not apply"), "{said}");
     gone("noaddress");
 }
@@ -289,11 +240,11 @@ fn a_host_of_another_architecture_is_refused() {
     let host = SshHost::start_with(&SshHostOptions {
         fake_arch: Some("sparc64".into()),
     });
-    let berth = berth_for(&host);
+    let berth = Berth::new();
     // Trusted on first use this time: the key is pinned in the machine.
     let mut args = create_args(&host, "odd");
     args.splice(7..9, ["--ssh-accept-new-host-key"]);
-    let said = fails(&berth, &args);
+    let said = berth.fails(&args);
     assert!(said.contains("sparc64"), "{said}");
     assert!(said.contains("x86_64 and aarch64"), "{said}");
     assert!(!berth.machine_dir("odd").exists());

@@ -827,19 +827,7 @@ impl Build {
         if self.use_cache(stage, &key)? {
             return Ok(());
         }
-        let record = commit::commit(
-            &self.engine.store,
-            NewImage {
-                parent: stage.image.as_ref(),
-                layer: None,
-                config: Value::Object(stage.config.clone()),
-                history: HistoryEntry {
-                    created_by,
-                    comment: None,
-                },
-                author: stage.author.clone(),
-            },
-        )?;
+        let record = commit_step(&self.engine, stage, None, created_by)?;
         self.record_step(stage, &key, record)
     }
 
@@ -1084,19 +1072,7 @@ impl Build {
         })
         .await
         .map_err(|e| BuildError::Step(format!("copy: {e}")))??;
-        let record = commit::commit(
-            &self.engine.store,
-            NewImage {
-                parent: stage.image.as_ref(),
-                layer,
-                config: Value::Object(stage.config.clone()),
-                history: HistoryEntry {
-                    created_by,
-                    comment: None,
-                },
-                author: stage.author.clone(),
-            },
-        )?;
+        let record = commit_step(&self.engine, stage, layer, created_by)?;
         self.record_step(stage, &key, record)
     }
 
@@ -1212,20 +1188,31 @@ impl Build {
         created_by: String,
     ) -> Result<ImageRecord, BuildError> {
         let layer = self.engine.container_layer(id).await?;
-        Ok(commit::commit(
-            &self.engine.store,
-            NewImage {
-                parent: stage.image.as_ref(),
-                layer,
-                config: Value::Object(stage.config.clone()),
-                history: HistoryEntry {
-                    created_by,
-                    comment: None,
-                },
-                author: stage.author.clone(),
-            },
-        )?)
+        Ok(commit_step(&self.engine, stage, layer, created_by)?)
     }
+}
+
+/// Commits the stage's config, and `layer` if the step made one, as the
+/// next image on the stage's.
+fn commit_step(
+    engine: &Engine,
+    stage: &Stage,
+    layer: Option<NewLayer>,
+    created_by: String,
+) -> Result<ImageRecord, ImageError> {
+    commit::commit(
+        &engine.store,
+        NewImage {
+            parent: stage.image.as_ref(),
+            layer,
+            config: Value::Object(stage.config.clone()),
+            history: HistoryEntry {
+                created_by,
+                comment: None,
+            },
+            author: stage.author.clone(),
+        },
+    )
 }
 
 /// The instructions that change only the image's config.
