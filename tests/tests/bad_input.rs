@@ -72,7 +72,7 @@ fn taken_names_unknown_machines_and_drivers() {
     let line = berth.fails(&["create", "-d", "virtualbox", "vm"]);
     assert_eq!(
         line,
-        "unknown driver \"virtualbox\"; the drivers are: native, qemu"
+        "unknown driver \"virtualbox\"; the drivers are: native, qemu, generic, ec2"
     );
     assert!(!berth.machine_dir("vm").exists());
     // No name and no "default" machine.
