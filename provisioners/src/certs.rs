@@ -99,34 +99,10 @@ fn generate(what: &'static str) -> impl Fn(rcgen::Error) -> CertError {
 }
 
 fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
-    let io = |action, source| CertError::Io {
-        action,
+    crate::write_atomic(path, text.as_bytes(), private).map_err(|source| CertError::Io {
+        action: "write",
         path: path.display().to_string(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-    }
-    let tmp = path.with_extension("pem.tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let result = (|| {
-        use std::io::Write;
-        let mut f = options.open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io("write", e)
     })
 }
 

@@ -44,6 +44,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped agent may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The agent's pid file on the host (the agent writes it in its root).
+fn pid_file() -> String {
+    format!("{STATE_DIR}/{}", berth_proto::layout::PID_FILE)
+}
+
+/// A shell test that holds while the agent's process is alive.
+fn agent_alive() -> String {
+    let pid = pid_file();
+    format!("[ -f {pid} ] && kill -0 $(cat {pid}) 2>/dev/null")
+}
+
 /// The agent's gRPC socket on the host.
 pub fn agent_socket() -> String {
     format!("{RUN_DIR}/agent.sock")
@@ -344,7 +355,8 @@ pub async fn stop_agent(
         let script = format!(
             "touch {RUN_DIR}/stopping 2>/dev/null; \
              [ -f {RUN_DIR}/supervisor.pid ] && kill -TERM $(cat {RUN_DIR}/supervisor.pid) 2>/dev/null; \
-             [ -f {STATE_DIR}/agent.pid ] && kill -{signal} $(cat {STATE_DIR}/agent.pid) 2>/dev/null; true"
+             [ -f {pid} ] && kill -{signal} $(cat {pid}) 2>/dev/null; true",
+            pid = pid_file()
         );
         session
             .run_ok(&format!("{sudo}sh -c {}", shell_quote(&script)))
@@ -354,9 +366,7 @@ pub async fn stop_agent(
     let deadline = Instant::now() + STOP_TIMEOUT;
     let probe = format!(
         "{sudo}sh -c {}",
-        shell_quote(&format!(
-            "[ -f {STATE_DIR}/agent.pid ] && kill -0 $(cat {STATE_DIR}/agent.pid) 2>/dev/null && echo running || echo gone"
-        ))
+        shell_quote(&format!("{} && echo running || echo gone", agent_alive()))
     );
     while Instant::now() < deadline {
         if session.run_ok(&probe).await?.trim() == "gone" {
@@ -376,9 +386,7 @@ pub async fn stop_agent(
 
 /// Whether the agent runs on the host.
 pub async fn agent_running(session: &Session, facts: &HostFacts) -> Result<bool, ProvisionError> {
-    let script = format!(
-        "[ -f {STATE_DIR}/agent.pid ] && kill -0 $(cat {STATE_DIR}/agent.pid) 2>/dev/null && echo running || echo stopped"
-    );
+    let script = format!("{} && echo running || echo stopped", agent_alive());
     let out = session
         .run_ok(&format!("{}sh -c {}", facts.sudo, shell_quote(&script)))
         .await?;

@@ -1,7 +1,8 @@
 //! The build cache: which image a step made, by a key that covers the
 //! image it ran on, the instruction as it was expanded, and its inputs
 //! (for `COPY` and `ADD`, the digest of every file copied). Kept in
-//! `<agent root>/build/cache.json`, replaced atomically; an entry whose
+//! `<agent root>/build/cache.json`, replaced atomically (the engine's
+//! [`crate::engine::write_json`]); an entry whose
 //! image is gone is a miss.
 
 use std::collections::BTreeMap;
@@ -63,7 +64,7 @@ impl Cache {
     }
 
     /// Records that the step `key` made image `id`.
-    pub fn put(&self, key: &Digest, id: &Digest) -> std::io::Result<()> {
+    pub fn put(&self, key: &Digest, id: &Digest) -> Result<(), crate::engine::EngineError> {
         let _guard = WRITER.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = self.load();
         file.entries
@@ -81,13 +82,13 @@ impl Cache {
         }
     }
 
-    fn save(&self, file: &File) -> std::io::Result<()> {
+    fn save(&self, file: &File) -> Result<(), crate::engine::EngineError> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                crate::engine::EngineError::Internal(format!("create {}: {e}", dir.display()))
+            })?;
         }
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(file)?)?;
-        std::fs::rename(&tmp, &self.path)
+        crate::engine::write_json(&self.path, file)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use berth_provisioners::MachineState;
 
-use super::{progress, targets, waiting, Machine};
+use super::{for_each_machine, progress, Machine};
 use crate::error::CliError;
 use crate::store::Store;
 
@@ -70,19 +70,10 @@ async fn apply(machine: &Machine, action: Action) -> Result<(), CliError> {
 }
 
 async fn for_each(store: &Store, names: Vec<String>, action: Action) -> Result<(), CliError> {
-    let mut errors = Vec::new();
-    for name in targets(store, names)? {
-        let result = async {
-            let _lock = store.lock(&name, waiting(&name))?;
-            let machine = Machine::open(store, &name)?;
-            apply(&machine, action).await
-        }
-        .await;
-        if let Err(e) = result {
-            errors.push(e);
-        }
-    }
-    CliError::collect(errors)
+    for_each_machine(store, names, |machine| async move {
+        apply(&machine, action).await
+    })
+    .await
 }
 
 /// `berth start NAME…`

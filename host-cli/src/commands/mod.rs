@@ -102,6 +102,37 @@ impl Machine {
     }
 }
 
+/// Runs `work` on each machine `names` names (else "default"), each under
+/// its lock; a failure on one does not stop the others.
+pub(crate) async fn for_each_machine<F, Fut>(
+    store: &Store,
+    names: Vec<String>,
+    mut work: F,
+) -> Result<(), CliError>
+where
+    F: FnMut(Machine) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let mut errors = Vec::new();
+    for name in targets(store, names)? {
+        let _lock = match store.lock(&name, waiting(&name)) {
+            Ok(lock) => lock,
+            Err(e) => {
+                errors.push(e.into());
+                continue;
+            }
+        };
+        let result = match Machine::open(store, &name) {
+            Ok(machine) => work(machine).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    CliError::collect(errors)
+}
+
 /// The one machine a command is about: the name given, else "default".
 pub(crate) fn target(store: &Store, name: Option<String>) -> Result<String, CliError> {
     match name {

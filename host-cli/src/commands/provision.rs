@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 
 use berth_provisioners::driver::Provision;
 
-use super::{progress, targets, waiting, Machine};
+use super::{for_each_machine, progress};
 use crate::cli::RegenerateCertsArgs;
 use crate::error::CliError;
 use crate::store::Store;
@@ -16,26 +16,18 @@ async fn for_each(store: &Store, names: Vec<String>, what: Provision) -> Result<
         Provision::Upgrade => "upgrade",
         Provision::RegenerateCerts { .. } => "regenerate the certificates of",
     };
-    let mut errors = Vec::new();
-    for name in targets(store, names)? {
-        let result = async {
-            let _lock = store.lock(&name, waiting(&name))?;
-            let machine = Machine::open(store, &name)?;
-            progress(&format!("Working on {name:?} ({verb})..."));
-            machine
-                .driver
-                .provision(what)
-                .await
-                .map_err(|e| CliError::driver(verb, &name, e))?;
-            progress(&format!("Machine {name:?} is done."));
-            Ok::<(), CliError>(())
-        }
-        .await;
-        if let Err(e) = result {
-            errors.push(e);
-        }
-    }
-    CliError::collect(errors)
+    for_each_machine(store, names, |machine| async move {
+        let name = machine.name().to_owned();
+        progress(&format!("Working on {name:?} ({verb})..."));
+        machine
+            .driver
+            .provision(what)
+            .await
+            .map_err(|e| CliError::driver(verb, &name, e))?;
+        progress(&format!("Machine {name:?} is done."));
+        Ok(())
+    })
+    .await
 }
 
 /// `berth provision NAME…`

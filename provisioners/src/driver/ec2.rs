@@ -133,6 +133,23 @@ fn cloud(e: Ec2Error) -> DriverError {
     DriverError::Remote(e.to_string())
 }
 
+/// Calls `attempt` until it succeeds or `timeout` has passed (then its
+/// last error): for an instance whose SSH is still coming up.
+async fn retry<T, F, Fut>(timeout: Duration, mut attempt: F) -> Result<T, DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DriverError>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
 /// A short random suffix for cloud names, so a name reused after an `rm`
 /// whose cloud side failed never collides.
 fn suffix() -> String {
@@ -189,8 +206,6 @@ impl Ec2Driver {
     }
 
     fn save(&self, state: &Ec2State) -> Result<(), DriverError> {
-        std::fs::create_dir_all(&self.context.dir)
-            .map_err(|e| DriverError::io("create the machine directory", e))?;
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| DriverError::Remote(format!("encode ec2.json: {e}")))?;
         write_private(&self.state_path(), &json)
@@ -364,14 +379,10 @@ impl Ec2Driver {
     /// new instance's host key is trusted on first use (an address EC2
     /// hands out again must not match an old entry of the user's file).
     async fn adopt(&self, host: &RemoteHost) -> Result<(), DriverError> {
-        let deadline = Instant::now() + ssh_timeout();
-        loop {
-            match host.pin_host_key(Vec::new(), true).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-        }
+        retry(ssh_timeout(), async || {
+            host.pin_host_key(Vec::new(), true).await
+        })
+        .await
     }
 }
 
@@ -454,14 +465,7 @@ impl Driver for Ec2Driver {
                 .provision(Provision::RegenerateCerts { new_ca: false })
                 .await;
         }
-        let deadline = Instant::now() + ssh_timeout();
-        loop {
-            match host.start().await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-        }
+        retry(ssh_timeout(), || host.start()).await
     }
 
     async fn stop(&self) -> Result<(), DriverError> {

@@ -115,8 +115,6 @@ impl RemoteHost {
 
     /// Copies `key` into the machine: what every later connection uses.
     pub fn adopt_key(&self, key: &std::path::Path) -> Result<(), DriverError> {
-        std::fs::create_dir_all(&self.context.dir)
-            .map_err(|e| DriverError::io("create the machine directory", e))?;
         let bytes = std::fs::read(key)
             .map_err(|e| DriverError::io(format!("read the SSH key {}", key.display()), e))?;
         write_private(&self.target().key, &bytes)
@@ -307,25 +305,8 @@ fn bracketed(host: &str) -> String {
 
 /// Writes a private file (mode 0600) atomically.
 pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), DriverError> {
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let result = (|| {
-        use std::io::Write;
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        DriverError::io(format!("write {}", path.display()), e)
-    })
+    crate::write_atomic(path, bytes, true)
+        .map_err(|e| DriverError::io(format!("write {}", path.display()), e))
 }
 
 /// The `generic` driver.

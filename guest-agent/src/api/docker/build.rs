@@ -286,16 +286,9 @@ pub(super) fn history(engine: &Arc<Engine>, name: &str) -> Result<Response<Body>
                     .collect()
             })
             .unwrap_or_default();
-        let created = entry["created"]
-            .as_str()
-            .and_then(|c| {
-                humantime::parse_rfc3339_weak(c.trim_end_matches('Z').split('.').next()?).ok()
-            })
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
         rows.push(json!({
             "Id": id.map_or_else(|| "<missing>".to_owned(), |d| d.to_string()),
-            "Created": created,
+            "Created": super::images::created_unix(entry),
             "CreatedBy": entry["created_by"].as_str().unwrap_or_default(),
             "Tags": if tags.is_empty() { Value::Null } else { json!(tags) },
             "Size": size,

@@ -225,7 +225,8 @@ fn repo_digests(refs: &[Reference], record: &ImageRecord) -> Vec<String> {
     out
 }
 
-fn created_unix(config: &Value) -> i64 {
+/// The `created` time of an image config or a history entry, in Unix seconds.
+pub(super) fn created_unix(config: &Value) -> i64 {
     config["created"]
         .as_str()
         .and_then(|c| {
