@@ -163,11 +163,13 @@ fn hooks_run_inside_the_container_and_cannot_reach_the_agent() {
     // createContainer: in the container's namespaces, before pivot_root
     // (host paths still resolve). startContainer: after it (the path is
     // the container's /bin/sh); it keeps a handle on PID 1's binary, the
-    // runtime's, and tries to write through it once PID 1 has exec'd.
+    // runtime's, and tries to write through it once PID 1 has exec'd. The
+    // kernel may refuse the open (ETXTBSY while the copy is still mapped
+    // for execution) or the write (the seals): either is a refusal.
     let attack = "readlink /proc/1/exe > /tmp/init-exe; exec 3</proc/1/exe; \
         ( while grep -q berth /proc/1/cmdline; do :; done; \
           for i in $(seq 30); do \
-            echo pwned >> /proc/self/fd/3 2>/dev/null && { echo wrote; exit; }; sleep 0.1; \
+            { echo pwned >> /proc/self/fd/3; } 2>/dev/null && { echo wrote; exit; }; sleep 0.1; \
           done; echo refused ) > /tmp/attack 2>&1 & \
         hostname > /tmp/start-hook";
     let bundle = BusyboxBundle::new(
