@@ -202,10 +202,12 @@ impl RootLock {
     fn write_pid(&self) -> Result<(), DaemonError> {
         let path = self.root.join(layout::PID_FILE);
         let tmp = self.root.join(format!(".{}.tmp", layout::PID_FILE));
+        // Whole or absent (the rename), but not synced: a pid means
+        // nothing once the machine has gone down, and a sync costs a
+        // flush of the whole disk cache at every start.
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             writeln!(f, "{}", std::process::id())?;
-            f.sync_all()?;
             fs::rename(&tmp, &path)
         };
         write().map_err(|source| DaemonError::Bookkeeping { path, source })

@@ -55,7 +55,7 @@ const BOOT_MODULES: &[&str] = &[
 ];
 
 /// The rest: container networking, shared folders, input (the power
-/// button). Init loads them while the agent starts (`berth.later`).
+/// button). Init loads them once the agent serves (`berth.later`).
 const LATER_MODULES: &[&str] = &[
     "bridge",
     "br_netfilter",
@@ -371,7 +371,7 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
         let data = read(&modules_dir.join(module))?;
         archive.add(
             &format!("lib/modules/{release}/{module}"),
-            Node::File(data),
+            Node::File(modules::strip_signature(&data).to_vec()),
             0o644,
         );
     }

@@ -97,6 +97,36 @@ impl ModuleDeps {
     }
 }
 
+/// What ends a signed module: the kernel's `MODULE_SIG_STRING`.
+const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// The `struct module_signature` before the magic: algorithm, hash, id
+/// type, signer and key id lengths, three bytes of padding, then the
+/// signature's length (big-endian).
+const SIGNATURE_INFO: usize = 12;
+
+/// `module` without its appended signature, if it has one well formed.
+///
+/// The kernel checks a module's signature at each load, hashing the whole
+/// file: a large part of loading ext4 under TCG. The image's own digest
+/// already vouches for every file in it, and the guest kernel (booted by
+/// QEMU, without Secure Boot's lockdown) loads unsigned modules.
+pub fn strip_signature(module: &[u8]) -> &[u8] {
+    let Some(body) = module.strip_suffix(SIGNATURE_MAGIC) else {
+        return module;
+    };
+    let Some(info_at) = body.len().checked_sub(SIGNATURE_INFO) else {
+        return module;
+    };
+    let info = &body[info_at..];
+    let signed = usize::from(info[3])
+        + usize::from(info[4])
+        + u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    match info_at.checked_sub(signed) {
+        Some(end) => &module[..end],
+        None => module,
+    }
+}
+
 /// The names in `modules.builtin` (one path per line).
 pub fn builtin_names(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -116,6 +146,23 @@ mod tests {
         kernel/drivers/virtio/virtio.ko:\n\
         kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
         kernel/arch/x86/crypto/crc32c-intel.ko:\n";
+
+    #[test]
+    fn appended_signatures_are_stripped_and_nothing_else() {
+        let body = b"\x7fELF module code".to_vec();
+        let signature = [0xAB; 7];
+        let mut info = [0u8; SIGNATURE_INFO];
+        info[2] = 2; // PKEY_ID_PKCS7
+        info[8..].copy_from_slice(&(signature.len() as u32).to_be_bytes());
+        let signed = [&body[..], &signature, &info, SIGNATURE_MAGIC].concat();
+        assert_eq!(strip_signature(&signed), &body[..]);
+        assert_eq!(strip_signature(&body), &body[..]);
+        // A length past the start: left alone rather than cut wrong.
+        let mut bad = info;
+        bad[8..].copy_from_slice(&1000u32.to_be_bytes());
+        let damaged = [&body[..], &bad, SIGNATURE_MAGIC].concat();
+        assert_eq!(strip_signature(&damaged), &damaged[..]);
+    }
 
     #[test]
     fn dependencies_come_first_and_once() {

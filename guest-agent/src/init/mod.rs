@@ -57,8 +57,17 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs PID 1. Never returns: the machine powers off at the end.
 pub fn main() -> ! {
-    if let Err(e) = rootfs::leave_initramfs() {
-        error!("cannot move to a tmpfs root (containers will not start): {e}");
+    match rootfs::root_is_initramfs() {
+        Ok(true) => {
+            // Loaded from the initramfs, the boot modules' files are left
+            // behind with it: they are not needed again.
+            let loaded = system::load_modules(system::BOOT_MODULES);
+            if let Err(e) = rootfs::leave_initramfs(&loaded) {
+                error!("cannot move to a tmpfs root (containers will not start): {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => error!("cannot tell whether / is the initramfs: {e}"),
     }
     if let Err(e) = system::mount_basics() {
         error!("{e}");
@@ -66,6 +75,7 @@ pub fn main() -> ! {
     }
     info!("init started");
     let settings = cmdline::Settings::from_proc();
+    // Those not loaded in the initramfs already.
     system::load_modules(system::BOOT_MODULES);
     if let Err(e) = system::mount_cgroup2() {
         warn!("{e}");
@@ -109,10 +119,10 @@ fn supervise(settings: &cmdline::Settings) -> ! {
     if let Err(e) = signals.thread_block() {
         error!("cannot block signals: {e}");
     }
+    // Once the agent serves: the modules it does not need to start.
+    system::load_later_modules(Path::new(DOCKER_SOCKET));
     let mut agent = start_agent(settings);
     let mut started = Instant::now();
-    // While the agent starts: the modules it does not need for that.
-    system::load_later_modules();
     loop {
         let signal = match signals.wait() {
             Ok(signal) => signal,

@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
 use tracing::{info, warn};
@@ -16,9 +17,20 @@ pub const BOOT_MODULES: &str = "berth.load";
 /// See [`BOOT_MODULES`].
 pub const LATER_MODULES: &str = "berth.later";
 
-/// Made once every module is loaded, for whatever must wait for them
-/// (container networking).
-pub const MODULES_READY: &str = "/run/berth/modules.ready";
+/// There while init loads the [`LATER_MODULES`]; what needs them
+/// (container networking) waits for it to go: see [`later_modules`].
+pub const MODULES_LOADING: &str = "/run/berth/modules.loading";
+
+/// How long the later modules wait for the agent to serve; then they are
+/// loaded whatever it does.
+const LATER_MODULES_WAIT: Duration = Duration::from_secs(10);
+
+/// How long [`later_modules`] waits at most.
+const LATER_MODULES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The niceness of the thread that loads the later modules: the agent
+/// serving comes first.
+const LATER_MODULES_NICE: i32 = 19;
 
 /// A clock before this (2025-01-01) is surely unset: certificates would
 /// not verify.
@@ -107,10 +119,11 @@ fn install_busybox() {
 }
 
 /// Loads the modules the image lists in `list` (one of [`BOOT_MODULES`],
-/// [`LATER_MODULES`]), in order. A module that is built in or loaded
-/// already is fine; one that fails is logged and skipped (the step that
-/// needs it reports what is missing).
-pub fn load_modules(list: &str) {
+/// [`LATER_MODULES`]), in order, and returns the files of those that are
+/// now loaded. A module that is built in or loaded already is fine (with
+/// `/sys` mounted, its file is not even needed); one that fails is logged
+/// and skipped (the step that needs it reports what is missing).
+pub fn load_modules(list: &str) -> Vec<std::path::PathBuf> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -119,37 +132,80 @@ pub fn load_modules(list: &str) {
         Ok(list) => list,
         Err(e) => {
             warn!("no module list for kernel {release}: {e}");
-            return;
+            return Vec::new();
         }
     };
-    let mut loaded = 0;
+    let mut loaded = Vec::new();
     for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        match load_module(&dir.join(line)) {
-            Ok(()) => loaded += 1,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+        let path = dir.join(line);
+        if is_loaded(&path) {
+            loaded.push(path);
+            continue;
+        }
+        match load_module(&path) {
+            Ok(()) => loaded.push(path),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => loaded.push(path),
             Err(e) => warn!("cannot load module {line}: {e}"),
         }
     }
-    info!(loaded, "kernel modules loaded");
+    info!(loaded = loaded.len(), "kernel modules loaded");
+    loaded
+}
+
+/// Whether the module in file `path` is loaded, as `/sys/module` (when
+/// mounted) tells.
+fn is_loaded(path: &Path) -> bool {
+    let Some(stem) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let name = stem.split(".ko").next().unwrap_or(stem).replace('-', "_");
+    Path::new("/sys/module").join(name).exists()
 }
 
 /// Loads the modules the agent does not need to start, on a thread of its
-/// own, then watches the power button (whose driver is among them) and
-/// marks the modules ready.
-pub fn load_later_modules() {
+/// own at the lowest priority, once `serving` (the agent's last socket)
+/// exists: the agent starts on a machine not busy with them. Then watches
+/// the power button, whose driver is among them. [`MODULES_LOADING`] is
+/// there until they are loaded; call this before the agent starts.
+pub fn load_later_modules(serving: &'static Path) {
+    if let Err(e) = fs::write(MODULES_LOADING, b"") {
+        warn!("cannot write {MODULES_LOADING}: {e}");
+    }
+    let load = || {
+        let _ = load_modules(LATER_MODULES);
+        super::power::watch_button();
+        let _ = fs::remove_file(MODULES_LOADING);
+    };
     let spawned = std::thread::Builder::new()
         .name("modules".into())
-        .spawn(|| {
-            load_modules(LATER_MODULES);
-            super::power::watch_button();
-            if let Err(e) = fs::write(MODULES_READY, b"") {
-                warn!("cannot write {MODULES_READY}: {e}");
+        .spawn(move || {
+            // SAFETY: setpriority(2) with PRIO_PROCESS and a thread id sets
+            // that thread's niceness (Linux); it only reads its arguments.
+            unsafe {
+                libc::setpriority(
+                    libc::PRIO_PROCESS,
+                    libc::gettid() as libc::id_t,
+                    LATER_MODULES_NICE,
+                );
             }
+            let deadline = Instant::now() + LATER_MODULES_WAIT;
+            while !serving.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            load();
         });
     if let Err(e) = spawned {
         warn!("cannot start the module loader: {e}; loading now");
-        load_modules(LATER_MODULES);
-        super::power::watch_button();
+        load();
+    }
+}
+
+/// Waits while init is still loading the [`LATER_MODULES`] (never, where
+/// the agent does not run under our init).
+pub async fn later_modules() {
+    let deadline = Instant::now() + LATER_MODULES_TIMEOUT;
+    while Path::new(MODULES_LOADING).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -286,10 +286,12 @@ impl Networks {
                 )))
             }
         };
+        nat::prepare_notes();
         let upstream = std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| dns::nameservers(&t))
             .unwrap_or_default();
-        if !networks.values().any(|n| n.name == DEFAULT_NETWORK) {
+        let made_default = !networks.values().any(|n| n.name == DEFAULT_NETWORK);
+        if made_default {
             let used: Vec<Subnet> = networks.values().filter_map(Network::subnet).collect();
             let subnet = match default_subnet {
                 Some(s) => s,
@@ -320,7 +322,9 @@ impl Networks {
             networks.insert(b.id.clone(), b);
         }
         this.lock().networks = networks;
-        this.save()?;
+        if made_default {
+            this.save()?;
+        }
         Ok(Arc::new(this))
     }
 
@@ -486,6 +490,8 @@ impl Networks {
         if self.lock().live.contains_key(&network.id) {
             return Ok(());
         }
+        // In our guest: bridges and nftables come with the later modules.
+        crate::init::system::later_modules().await;
         let (subnet, gateway) = match (network.subnet(), network.gateway) {
             (Some(s), Some(g)) => (s, g),
             _ => {
@@ -603,12 +609,9 @@ impl Networks {
                 .collect()
         };
         nat::enable_forwarding().map_err(NetworkError::System)?;
-        let script = if rules.is_empty() {
-            nat::teardown(&self.table)
-        } else {
-            nat::ruleset(&self.table, &rules)
-        };
-        nat::apply(&script).await.map_err(NetworkError::System)
+        nat::replace(&self.table, &rules)
+            .await
+            .map_err(NetworkError::System)
     }
 
     /// Makes a network namespace for a run of container `id` (with
@@ -910,7 +913,7 @@ impl Networks {
             let _ = host.delete(&network.bridge).await;
         }
         if self.lock().live.is_empty() {
-            let _ = nat::apply(&nat::teardown(&self.table)).await;
+            let _ = nat::remove_stale(&self.table).await;
         }
     }
 }

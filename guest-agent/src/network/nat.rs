@@ -7,7 +7,13 @@
 //! The table is written by the `nft` program (Debian's `nftables`; shipped
 //! in our guest image): it speaks the kernel's nf_tables netlink dialect,
 //! which this agent does not.
+//!
+//! Whether the table may be in the kernel is noted in a file under
+//! [`LOADED_DIR`] (a tmpfs, empty after every boot), so that an agent
+//! starting on a freshly booted machine does not run `nft` only to delete
+//! a table that cannot exist.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::ipam::Subnet;
@@ -25,7 +31,7 @@ pub struct Rule {
 
 /// The ruleset of table `table` for `networks`: the table deleted and
 /// made again, so that applying it replaces whatever was there.
-pub fn ruleset(table: &str, networks: &[Rule]) -> String {
+fn ruleset(table: &str, networks: &[Rule]) -> String {
     let mut text = format!("table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
     text.push_str(
         "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
@@ -66,12 +72,54 @@ pub fn ruleset(table: &str, networks: &[Rule]) -> String {
 }
 
 /// The command that removes table `table` (if it is there).
-pub fn teardown(table: &str) -> String {
+fn teardown(table: &str) -> String {
     format!("table ip {table}\ndelete table ip {table}\n")
 }
 
+/// Where the tables an agent has loaded since boot are noted, one empty
+/// file each.
+pub const LOADED_DIR: &str = "/run/berth-agent/nat";
+
+fn marker(table: &str) -> PathBuf {
+    Path::new(LOADED_DIR).join(table)
+}
+
+/// Makes [`LOADED_DIR`]; without it every table counts as loaded.
+pub fn prepare_notes() {
+    if let Err(e) = std::fs::create_dir_all(LOADED_DIR) {
+        tracing::debug!("cannot make {LOADED_DIR} ({e}): stale tables are looked for with nft");
+    }
+}
+
+/// Makes table `table` hold the rules for `networks`, or deletes it when
+/// there are none.
+pub async fn replace(table: &str, networks: &[Rule]) -> Result<(), String> {
+    if networks.is_empty() {
+        return remove(table).await;
+    }
+    // Noted before it is loaded: a load cut short still counts.
+    let _ = std::fs::write(marker(table), b"");
+    apply(&ruleset(table, networks)).await
+}
+
+/// Deletes table `table`.
+pub async fn remove(table: &str) -> Result<(), String> {
+    apply(&teardown(table)).await?;
+    let _ = std::fs::remove_file(marker(table));
+    Ok(())
+}
+
+/// Deletes table `table` if it may be there: unless it is noted as not
+/// loaded since boot.
+pub async fn remove_stale(table: &str) -> Result<(), String> {
+    if Path::new(LOADED_DIR).is_dir() && !marker(table).exists() {
+        return Ok(());
+    }
+    remove(table).await
+}
+
 /// Runs `nft -f -` with `script`.
-pub async fn apply(script: &str) -> Result<(), String> {
+async fn apply(script: &str) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
