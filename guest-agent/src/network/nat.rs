@@ -112,10 +112,16 @@ pub async fn remove(table: &str) -> Result<(), String> {
 /// Deletes table `table` if it may be there: unless it is noted as not
 /// loaded since boot.
 pub async fn remove_stale(table: &str) -> Result<(), String> {
-    if Path::new(LOADED_DIR).is_dir() && !marker(table).exists() {
+    if !may_be_loaded(Path::new(LOADED_DIR), table) {
         return Ok(());
     }
     remove(table).await
+}
+
+/// Whether table `table` may be in the kernel, as the notes in `dir` tell:
+/// yes unless they are kept and none is there for it.
+fn may_be_loaded(dir: &Path, table: &str) -> bool {
+    !dir.is_dir() || dir.join(table).exists()
 }
 
 /// Runs `nft -f -` with `script`.
@@ -160,6 +166,19 @@ pub fn enable_forwarding() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_counts_as_loaded_unless_noted_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("nat");
+        // No notes kept (no /run): whatever was there must be looked for.
+        assert!(may_be_loaded(&notes, "berth_abc"));
+        std::fs::create_dir(&notes).unwrap();
+        assert!(!may_be_loaded(&notes, "berth_abc"));
+        std::fs::write(notes.join("berth_abc"), b"").unwrap();
+        assert!(may_be_loaded(&notes, "berth_abc"));
+        assert!(!may_be_loaded(&notes, "berth_other"));
+    }
 
     #[test]
     fn rules_masquerade_and_isolate() {
