@@ -27,7 +27,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -46,10 +45,6 @@ const INTERFACE_PREFIX: &str = "eth";
 /// container ends).
 const HOST_VETH_PREFIX: &str = "berth-";
 const PEER_VETH_PREFIX: &str = "berthp";
-
-/// How long a bridge may take to become creatable: in our guest the bridge
-/// module loads while the agent starts.
-const BRIDGE_WAIT: Duration = Duration::from_secs(10);
 
 /// Errors of networks.
 #[derive(Debug, thiserror::Error)]
@@ -535,24 +530,9 @@ impl Networks {
             }
         };
         let network = &network;
-        let netlink = Netlink::open()?;
-        let deadline = std::time::Instant::now() + BRIDGE_WAIT;
-        loop {
-            match netlink
-                .ensure_bridge(&network.bridge, gateway, subnet.prefix())
-                .await
-            {
-                Ok(()) => break,
-                // The bridge module is still loading (our guest at boot).
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && e.to_string().contains("not supported") =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Netlink::open()?
+            .ensure_bridge(&network.bridge, gateway, subnet.prefix())
+            .await?;
         let records = Arc::new(dns::Records::default());
         let resolver = if network.is_builtin() {
             // As with dockerd: names resolve on user-defined networks only.
