@@ -121,6 +121,9 @@ pub enum DaemonError {
     /// The engine's state could not be opened.
     #[error("cannot open the engine's state: {0}")]
     Engine(String),
+    /// What the engine made outside its root could not all be removed.
+    #[error("cannot remove the containers and networks of this root: {0}")]
+    Purge(String),
     /// The Docker API's TLS endpoint could not be set up.
     #[error("cannot serve the Docker API over TLS: {0}")]
     Tls(String),
@@ -301,6 +304,15 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, SocketGuard), DaemonError> {
     };
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     Ok((listener, guard))
+}
+
+/// Removes what the engine under `root` made outside it (see
+/// [`crate::engine::Engine::purge`]), holding the root's lock meanwhile.
+pub async fn purge(root: &Path) -> Result<(), DaemonError> {
+    let _lock = RootLock::acquire(root)?;
+    crate::engine::Engine::purge(root)
+        .await
+        .map_err(|e| DaemonError::Purge(e.to_string()))
 }
 
 /// Serves the agent's gRPC API for `root` on `listen` until `shutdown`

@@ -69,6 +69,15 @@ enum Command {
         #[arg(long)]
         power_off_on_shutdown: bool,
     },
+    /// Removes what the agent of `--root` made on this host outside it:
+    /// its containers (processes, mounts) and its networks (bridges, NAT
+    /// rules). For a host done with the machine; no agent may serve the
+    /// root meanwhile.
+    Purge {
+        /// The agent's storage root.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+    },
     /// PID 1 of Berth's guest VM: sets the system up and runs `serve`.
     Init,
     /// A container's shim (started by the engine; not for direct use).
@@ -124,12 +133,9 @@ async fn termination() {
     info!(signal = name, "shutting down");
 }
 
-/// Serves until SIGTERM or SIGINT, on a multi-threaded async runtime.
-fn serve(
-    root: PathBuf,
-    listen: Address,
-    docker: Option<berth_agent::daemon::DockerApi>,
-    links: berth_agent::daemon::Links,
+/// Runs `job` to completion on a multi-threaded async runtime.
+fn run_async<E: std::fmt::Display>(
+    job: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -142,16 +148,25 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let served = runtime.block_on(async move {
-        berth_agent::daemon::serve(&root, &listen, docker, links, termination()).await
-    });
-    match served {
+    match runtime.block_on(job) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves until SIGTERM or SIGINT.
+fn serve(
+    root: PathBuf,
+    listen: Address,
+    docker: Option<berth_agent::daemon::DockerApi>,
+    links: berth_agent::daemon::Links,
+) -> ExitCode {
+    run_async(async move {
+        berth_agent::daemon::serve(&root, &listen, docker, links, termination()).await
+    })
 }
 
 fn main() -> ExitCode {
@@ -207,6 +222,7 @@ fn main() -> ExitCode {
                 power_off: power_off_on_shutdown,
             },
         ),
+        Command::Purge { root } => run_async(berth_agent::daemon::purge(&root)),
         Command::Shim(args) => {
             // Like the runtime's create: re-executed from a sealed copy
             // when the container could reach the agent binary.

@@ -358,3 +358,106 @@ fn docker_runs_a_container_on_a_native_machine() {
     let err = berth.fails(&["create", "--engine-label", "no value", "x"]);
     assert!(err.contains("--engine-label"), "{err}");
 }
+
+/// Whether this host has a network link named `name`.
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether this host's nftables has table `ip name`.
+fn nft_table_exists(name: &str) -> bool {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables", "ip"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nft list tables failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some(name))
+}
+
+#[test]
+fn rm_takes_the_machines_containers_and_networks_off_the_host() {
+    use berth_tests::docker::{busybox_root, docker_cli};
+    use berth_tests::registry::{Layout, Registry};
+
+    let registry = Registry::start();
+    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    let berth = Berth::new();
+    berth.ok(&["create", "dev"]);
+    let url = berth.ok(&["url", "dev"]);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(docker_cli())
+            .args(args)
+            .env("DOCKER_HOST", url.trim())
+            .env("DOCKER_CONFIG", berth.home().join("docker-config"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let image = format!("{}/busybox", registry.host);
+    docker(&["pull", "-q", &image]);
+    let network = docker(&["network", "create", "apps"]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1::80",
+        &image,
+        "sleep",
+        "1000",
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "apps",
+        &image,
+        "sleep",
+        "1000",
+    ]);
+    let default = docker(&["network", "inspect", "--format", "{{.Id}}", "bridge"]);
+    let bridges = [
+        format!("br-{}", &default[..12]),
+        format!("br-{}", &network[..12]),
+    ];
+    let table = format!("berth_{}", &default[..12]);
+    let pids: Vec<i32> = ["web", "db"]
+        .iter()
+        .map(|c| {
+            docker(&["inspect", "--format", "{{.State.Pid}}", c])
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    for bridge in &bridges {
+        assert!(link_exists(bridge), "{bridge} is not up");
+    }
+    assert!(nft_table_exists(&table), "no table {table}");
+
+    // As after a crash: the containers outlive their agent.
+    berth.ok(&["kill", "dev"]);
+    assert!(pids.iter().all(|p| !process_gone(*p)));
+
+    berth.ok(&["rm", "-y", "dev"]);
+    for pid in &pids {
+        assert!(process_gone(*pid), "container process {pid} outlived rm");
+    }
+    for bridge in &bridges {
+        assert!(!link_exists(bridge), "{bridge} outlived rm");
+    }
+    assert!(!nft_table_exists(&table), "table {table} outlived rm");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let home = berth.home().display().to_string();
+    assert!(!mounts.contains(&home), "mounts outlived rm:\n{mounts}");
+    assert!(!berth.machine_dir("dev").exists());
+}

@@ -338,6 +338,18 @@ impl Engine {
         labels: Vec<String>,
         default_subnet: Option<crate::network::ipam::Subnet>,
     ) -> Result<Arc<Self>, EngineError> {
+        let engine = Self::load(root, registry, labels, default_subnet)?;
+        engine.restore(true).await;
+        Ok(engine)
+    }
+
+    /// The engine's state under `root`, its containers not yet looked at.
+    fn load(
+        root: &Path,
+        registry: RegistryConfig,
+        labels: Vec<String>,
+        default_subnet: Option<crate::network::ipam::Subnet>,
+    ) -> Result<Arc<Self>, EngineError> {
         for dir in ["containers", "runtime", "volumes"] {
             std::fs::create_dir_all(root.join(dir)).map_err(EngineError::io(format!(
                 "create {}",
@@ -365,8 +377,27 @@ impl Engine {
             insecure_registries,
             registry_mirrors,
         });
-        engine.restore().await;
         Ok(engine)
+    }
+
+    /// Undoes on this host all that the engine under `root` made outside
+    /// it: every container is killed and removed (processes, mounts,
+    /// network namespaces) and every network's bridge and NAT rules are
+    /// taken down. What is inside `root` is left for the caller to delete.
+    /// Only while no agent serves `root` (the caller holds its lock).
+    pub async fn purge(root: &Path) -> Result<(), EngineError> {
+        if !root.join("containers").is_dir() && !root.join("networks.json").is_file() {
+            // Never served: nothing of it exists outside the root.
+            return Ok(());
+        }
+        let engine = Self::load(root, RegistryConfig::default(), Vec::new(), None)?;
+        engine.restore(false).await;
+        for container in engine.containers() {
+            if let Err(e) = engine.remove(&container.id, true, true).await {
+                warn!(container = %container.id, "remove: {e}");
+            }
+        }
+        engine.networks.take_down_all().await.map_err(network_error)
     }
 
     /// The agent's root.
@@ -1486,8 +1517,9 @@ impl Engine {
     }
 
     /// Loads the containers on disk, reconnects to running ones, marks
-    /// the others exited, and restarts those whose policy says so.
-    async fn restore(self: &Arc<Self>) {
+    /// the others exited, and (with `restart`) restarts those whose policy
+    /// says so.
+    async fn restore(self: &Arc<Self>, restart: bool) {
         let dir = self.root.join("containers");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -1550,10 +1582,12 @@ impl Engine {
                     });
                     let _ = self.save(&container);
                     let record = container.record();
-                    if matches!(
-                        record.host_config.restart_policy.name.as_str(),
-                        "always" | "unless-stopped"
-                    ) && !record.state.stopped_by_user
+                    if restart
+                        && matches!(
+                            record.host_config.restart_policy.name.as_str(),
+                            "always" | "unless-stopped"
+                        )
+                        && !record.state.stopped_by_user
                     {
                         to_start.push(record.id.clone());
                     } else if record.host_config.auto_remove {

@@ -468,6 +468,31 @@ impl Networks {
         self.save()
     }
 
+    /// Takes every network down, whoever is on it and whether or not this
+    /// agent brought it up: the NAT table and each bridge. For a host that
+    /// is done with this agent; the records stay.
+    pub async fn take_down_all(&self) -> Result<(), NetworkError> {
+        let _changing = self.changing.lock().await;
+        let bridges: Vec<String> = {
+            let mut state = self.lock();
+            state.live.clear();
+            state
+                .networks
+                .values()
+                .filter(|n| n.is_bridge())
+                .map(|n| n.bridge.clone())
+                .collect()
+        };
+        nat::remove_stale(&self.table)
+            .await
+            .map_err(NetworkError::System)?;
+        let netlink = Netlink::open()?;
+        for bridge in bridges {
+            netlink.delete(&bridge).await?;
+        }
+        Ok(())
+    }
+
     /// The addresses in use on network `id`, the gateway among them.
     fn taken(&self, network: &Network) -> BTreeSet<Ipv4Addr> {
         let mut taken = self

@@ -275,6 +275,10 @@ pub enum DriverError {
     /// Reaching or provisioning a remote host failed.
     #[error("{0}")]
     Remote(String),
+    /// What the machine made on its host (containers, networks) could not
+    /// all be removed.
+    #[error("cannot remove the machine's containers and networks: {0}")]
+    Cleanup(String),
     /// The driver does not do this.
     #[error("the {driver} driver does not support {what}")]
     NotSupported {

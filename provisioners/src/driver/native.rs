@@ -43,6 +43,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the kernel to reap an agent after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long removing a machine's containers and networks may take (each
+/// container is given 30 s to die of SIGKILL).
+const PURGE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Settings of the native driver.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -118,10 +122,17 @@ impl Driver for NativeDriver {
     }
 
     async fn remove(&self) -> Result<(), DriverError> {
-        if platform::running(&self.root())? {
-            platform::kill(&self.root(), KILL_TIMEOUT).await?;
+        let root = self.root();
+        if platform::running(&root)? {
+            platform::kill(&root, KILL_TIMEOUT).await?;
         }
-        Ok(())
+        if !root.exists() {
+            return Ok(());
+        }
+        // Containers outlive their agent (it reconnects to them when it
+        // starts again); their processes, mounts, bridges and NAT rules
+        // are this host's, and go with the machine.
+        platform::purge(&find_agent()?, &root, PURGE_TIMEOUT).await
     }
 
     async fn state(&self) -> Result<MachineState, DriverError> {
@@ -433,6 +444,40 @@ mod platform {
             None => Ok(()),
         }
     }
+
+    /// Runs `berth-agent purge` on the stopped agent's root.
+    pub(super) async fn purge(
+        agent: &Path,
+        root: &Path,
+        wait: Duration,
+    ) -> Result<(), DriverError> {
+        let run = Command::new(agent)
+            .arg("purge")
+            .arg("--root")
+            .arg(root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(wait, run)
+            .await
+            .map_err(|_| {
+                DriverError::Cleanup(format!(
+                    "berth-agent purge of {} did not finish within {}s",
+                    root.display(),
+                    wait.as_secs()
+                ))
+            })?
+            .map_err(|e| DriverError::io(format!("run {} purge", agent.display()), e))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(DriverError::Cleanup(format!(
+            "berth-agent purge of {} failed ({}): {}",
+            root.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -489,6 +534,10 @@ mod platform {
     }
 
     pub(super) async fn kill(_: &Path, _: Duration) -> Result<(), DriverError> {
+        supported()
+    }
+
+    pub(super) async fn purge(_: &Path, _: &Path, _: Duration) -> Result<(), DriverError> {
         supported()
     }
 }
