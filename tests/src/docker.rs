@@ -187,23 +187,21 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // Containers first (their shims outlive the agent by design).
-        if let Ok(out) = self.command(&["ps", "-aq"]).stdin(Stdio::null()).output() {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids.iter().map(String::as_str));
-                let _ = self.command(&args).stdin(Stdio::null()).output();
-            }
-        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // Containers outlive the agent by design, and bridges and NAT rules
+        // are the host's: all of them go, as with `berth rm`.
+        let _ = Command::new(crate::bin("berth-agent"))
+            .arg("purge")
+            .arg("--root")
+            .arg(self.root.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
