@@ -1,5 +1,5 @@
 //! Images through the stock CLI: login and push (seen by skopeo), save
-//! and load, and pull, tag, rmi, prune.
+//! and load, import, and pull, tag, rmi, prune.
 
 use std::process::{Command, Stdio};
 
@@ -158,4 +158,132 @@ fn save_load_tag_rmi_and_prune() {
     assert!(text(&out).contains("No such image"), "{}", text(&out));
     let pruned = d.ok(&["image", "prune", "-f"]);
     assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+}
+
+/// Serves `body` once over HTTP on a loopback port; its URL.
+fn serve_once(body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/rootfs.tar.gz", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0; 1];
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            request.push(byte[0]);
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&body).unwrap();
+    });
+    url
+}
+
+#[test]
+fn import_makes_a_one_layer_image_from_a_tar() {
+    use berth_tests::docker::busybox_root;
+    use berth_tests::registry::{gzip, tar_of};
+    require_root();
+    let d = Engine::start();
+    let work = tempfile::tempdir().unwrap();
+    let tar = tar_of(&busybox_root());
+
+    // From standard input, with a change and a message, and named.
+    let mut import = d.command(&[
+        "import",
+        "--change",
+        "CMD [\"echo\", \"imported\"]",
+        "--change",
+        "ENV GREETING=hi",
+        "--message",
+        "a root of busybox",
+        "-",
+        "local/root:1",
+    ]);
+    let mut child = import
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &tar).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(
+        d.ok(&["image", "inspect", "-f", "{{.Id}}", "local/root:1"])
+            .trim(),
+        id
+    );
+    assert_eq!(d.ok(&["run", "--rm", "local/root:1"]), "imported\n");
+    assert_eq!(
+        d.ok(&["run", "--rm", "local/root:1", "sh", "-c", "echo $GREETING"]),
+        "hi\n"
+    );
+    let layers = d.ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", &id]);
+    assert_eq!(layers.trim(), "1");
+    let history = d.ok(&["history", "--format", "{{.Comment}}", "local/root:1"]);
+    assert_eq!(history.trim(), "a root of busybox");
+
+    // From a gzip file by path: the same files, so the same layer.
+    let gz = work.path().join("root.tar.gz");
+    std::fs::write(&gz, gzip(&tar)).unwrap();
+    let from_file = d.ok(&["import", gz.to_str().unwrap(), "local/gz"]);
+    let layer = |image: &str| {
+        d.ok(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{index .RootFS.Layers 0}}",
+            image,
+        ])
+    };
+    assert_eq!(layer("local/gz:latest"), layer("local/root:1"));
+    assert_eq!(
+        d.ok(&["run", "--rm", from_file.trim(), "echo", "from a file"]),
+        "from a file\n"
+    );
+    let history = d.ok(&["history", "--format", "{{.Comment}}", "local/gz"]);
+    assert_eq!(history.trim(), "Imported from -");
+
+    // From a URL.
+    let url = serve_once(gzip(&tar));
+    d.ok(&["import", &url, "local/url:1"]);
+    assert_eq!(layer("local/url:1"), layer("local/root:1"));
+    let history = d.ok(&["history", "--format", "{{.Comment}}", "local/url:1"]);
+    assert_eq!(history.trim(), format!("Imported from {url}"));
+
+    // Bad input: a clear refusal, and no image.
+    let before = d.ok(&["images", "-aq"]);
+    let empty = work.path().join("empty.tar");
+    std::fs::write(&empty, b"").unwrap();
+    let not_tar = work.path().join("note.txt");
+    std::fs::write(&not_tar, b"not an archive at all\n").unwrap();
+    let xz = work.path().join("root.tar.xz");
+    std::fs::write(&xz, b"\xfd7zXZ\x00\x00\x04").unwrap();
+    for (args, says) in [
+        (
+            vec!["import", empty.to_str().unwrap()],
+            "the archive is empty",
+        ),
+        (vec!["import", not_tar.to_str().unwrap()], "reading the tar"),
+        (vec!["import", xz.to_str().unwrap()], "xz-compressed"),
+        (
+            vec!["import", "--change", "FROB x", gz.to_str().unwrap()],
+            "unknown instruction: FROB",
+        ),
+        (
+            vec!["import", gz.to_str().unwrap(), "Bad:Name:x"],
+            "invalid reference format",
+        ),
+    ] {
+        let out = d.run(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(d.ok(&["images", "-aq"]), before);
 }

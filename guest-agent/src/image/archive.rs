@@ -7,6 +7,9 @@
 //! OCI layout directory; the older `docker save` form, with
 //! `<id>/layer.tar` files and symbolic links between them, loads too.
 //!
+//! `import` makes an image of a single layer from a file system tar, as
+//! `docker import` does.
+//!
 //! Every file of the input is streamed into the store as a blob, checked
 //! against its name where the name is a digest; small metadata files are
 //! kept in memory. Nothing in the input is ever written by its own path.
@@ -22,6 +25,89 @@ use super::manifest::{self, media, Compression, Descriptor, Document, Index, Pla
 use super::reference::Reference;
 use super::store::{plan, ImageConfigBlob, ImageRecord, Store};
 use super::ImageError;
+
+/// Makes an image whose one layer is the tar (plain, gzip or zstd) in
+/// `input`, as `docker import` does: the tar is kept as it came as the
+/// layer's blob, `config` is the image's runtime config (Docker's `config`
+/// object) and `comment` its one history entry's comment. The image's
+/// record; it has no name yet.
+pub fn import(
+    store: &Store,
+    mut input: impl Read,
+    config: serde_json::Value,
+    comment: String,
+) -> Result<ImageRecord, ImageError> {
+    let mut ingest = store.ingest(None, None)?;
+    let mut buffer = vec![0; 1 << 20];
+    let mut head = Vec::new();
+    loop {
+        let n = input.read(&mut buffer).map_err(io("read the archive"))?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 6 {
+            head.extend_from_slice(&buffer[..n.min(6 - head.len())]);
+        }
+        ingest.write(&buffer[..n])?;
+    }
+    if head.is_empty() {
+        return Err(ImageError::Layer("the archive is empty".into()));
+    }
+    let compression = Compression::sniff(&head);
+    if compression == Compression::None {
+        for (magic, name) in [(&b"BZh"[..], "bzip2"), (&b"\xfd7zXZ\x00"[..], "xz")] {
+            if head.starts_with(magic) {
+                return Err(ImageError::Layer(format!(
+                    "the archive is {name}-compressed, which is not supported: give it plain, or gzip- or zstd-compressed"
+                )));
+            }
+        }
+    }
+    let size = ingest.len();
+    let digest = ingest.commit()?;
+    let diff_id = match compression {
+        Compression::None => digest.clone(),
+        _ => {
+            let blob = std::fs::File::open(store.blob_path(&digest))
+                .map_err(io(format!("open blob {digest}")))?;
+            let mut hashed = super::digest::HashingReader::new(super::unpack::decompress(
+                std::io::BufReader::with_capacity(1 << 20, blob),
+                compression,
+            )?);
+            std::io::copy(&mut hashed, &mut std::io::sink())
+                .map_err(|e| ImageError::Layer(format!("cannot decompress the archive: {e}")))?;
+            hashed.finish().0
+        }
+    };
+    let media_type = match compression {
+        Compression::None => media::OCI_LAYER,
+        Compression::Gzip => media::OCI_LAYER_GZIP,
+        Compression::Zstd => media::OCI_LAYER_ZSTD,
+    };
+    super::commit::commit(
+        store,
+        super::commit::NewImage {
+            parent: None,
+            layer: Some(super::commit::NewLayer {
+                descriptor: Descriptor {
+                    media_type: media_type.to_owned(),
+                    digest,
+                    size,
+                    urls: Vec::new(),
+                    annotations: Default::default(),
+                    platform: None,
+                },
+                diff_id,
+            }),
+            config,
+            history: super::commit::HistoryEntry {
+                created_by: String::new(),
+                comment: Some(comment),
+            },
+            author: None,
+        },
+    )
+}
 
 /// Files up to this size that are not blobs are read into memory.
 const METADATA_LIMIT: u64 = 4 << 20;

@@ -89,7 +89,7 @@ fn copy(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8]) -> std::io
 }
 
 /// The decompressing reader for `compression`.
-fn decompress<'a>(
+pub(crate) fn decompress<'a>(
     blob: impl BufRead + 'a,
     compression: Compression,
 ) -> Result<Box<dyn Read + 'a>, ImageError> {

@@ -10,21 +10,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{channel_body, ApiError, Body, ChannelWriter, Query, Result};
+use super::{
+    channel_body, ApiError, Body, ChannelWriter, Query, Result, DRAIN_LIMIT, DRAIN_TIMEOUT,
+};
 use crate::engine::archive::PathStat;
 use crate::engine::Engine;
 use crate::image::pull::ChannelReader;
 
 const STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
-
-/// How much of a refused upload is read and dropped so that the client can
-/// finish sending and read the error, as Go's server lets it; past this the
-/// connection is closed instead.
-const DRAIN_LIMIT: usize = 64 << 20;
-
-/// How long a refused upload may take to arrive before the error is sent
-/// anyway.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn path_of(req: &Request<Incoming>) -> Result<String> {
     Query::parse(req)

@@ -1,4 +1,4 @@
-//! `/images/…`: pull (a JSON progress stream), list, inspect, tag,
+//! `/images/…`: pull (a JSON progress stream), import, list, inspect, tag,
 //! remove, prune.
 
 use std::collections::{BTreeMap, HashSet};
@@ -58,9 +58,7 @@ pub(super) fn pull(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Resp
     let from = query
         .get("fromImage")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("fromImage is required (import from a tar is not supported)")
-        })?;
+        .ok_or_else(|| ApiError::bad_request("fromImage or fromSrc is required"))?;
     let tag = query.get("tag").unwrap_or("");
     let text = if tag.is_empty() {
         from.to_owned()
@@ -388,7 +386,11 @@ pub(super) fn inspect(engine: &Arc<Engine>, name: &str) -> Result<Response<Body>
             "Size": size,
             "VirtualSize": size,
             "GraphDriver": {"Name": "overlayfs", "Data": null},
-            "RootFS": config["rootfs"],
+            // The config's `rootfs` in the Engine API's words.
+            "RootFS": {
+                "Type": config["rootfs"]["type"],
+                "Layers": config["rootfs"]["diff_ids"],
+            },
             "Metadata": {"LastTagTime": record.created},
         }),
     ))
@@ -796,4 +798,124 @@ pub(super) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> Result
         .header("Content-Type", "application/json")
         .body(super::full(out))
         .expect("valid response"))
+}
+
+/// `POST /images/create?fromSrc=…`: `docker import`, an image of one
+/// layer from a file system tar in the request body (`-`) or at a URL.
+pub(super) async fn import(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let query = Query::parse(&req);
+    let source = query.get("fromSrc").unwrap_or_default().to_owned();
+    let settings = import_settings(&query, &source);
+    let (name, config, comment) = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            super::discard(req.into_body()).await;
+            return Err(e);
+        }
+    };
+    let internal = |e: String| ApiError::from(crate::engine::EngineError::Internal(e));
+    let spool_dir = engine.root().join("tmp");
+    std::fs::create_dir_all(&spool_dir).map_err(|e| internal(e.to_string()))?;
+    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(|e| internal(e.to_string()))?;
+    if source == "-" {
+        super::spool(req.into_body(), spool.as_file()).await?;
+    } else {
+        download(&source, spool.as_file()).await?;
+    }
+    let store = engine.store.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        let file = spool.reopen().map_err(|e| crate::image::ImageError::Io {
+            action: "read the spooled archive".into(),
+            source: e,
+        })?;
+        crate::image::archive::import(&store, file, Value::Object(config), comment)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    engine.store.keep(crate::image::store::LocalImage {
+        record: record.clone(),
+        parent: None,
+        intermediate: false,
+    })?;
+    if let Some(name) = &name {
+        engine.store.set_name(&name.to_string(), record.clone())?;
+    }
+    let id = record.config.to_string();
+    engine.emit_simple(
+        "image",
+        "import",
+        &id,
+        name.as_ref().map(Reference::familiar).as_deref(),
+    );
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(super::full(line(json!({ "status": id })).to_vec()))
+        .expect("valid response"))
+}
+
+/// An import's name (`repo`, `tag`), config (`changes`) and history
+/// comment (`message`), checked before anything is read.
+fn import_settings(
+    query: &Query,
+    source: &str,
+) -> Result<(Option<Reference>, serde_json::Map<String, Value>, String)> {
+    if source != "-" && !source.starts_with("http://") && !source.starts_with("https://") {
+        return Err(ApiError::bad_request(format!(
+            "cannot import from {source:?}: give - (the request body) or an http(s) URL"
+        )));
+    }
+    let name = match query.get("repo").filter(|r| !r.is_empty()) {
+        Some(repo) => {
+            let text = match query.get("tag").filter(|t| !t.is_empty()) {
+                Some(tag) => format!("{repo}:{tag}"),
+                None => repo.to_owned(),
+            };
+            let invalid = || ApiError::bad_request(format!("invalid reference format: {text}"));
+            let reference: Reference = text.parse().map_err(|_| invalid())?;
+            if reference.tag().is_none() && reference.digest().is_none() {
+                Some(
+                    format!("{text}:latest")
+                        .parse::<Reference>()
+                        .map_err(|_| invalid())?,
+                )
+            } else {
+                Some(reference)
+            }
+        }
+        None => None,
+    };
+    let changes: Vec<String> = query
+        .all("changes")
+        .into_iter()
+        .map(str::to_owned)
+        .filter(|c| !c.trim().is_empty())
+        .collect();
+    let config = crate::build::apply_changes(Default::default(), &changes)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let comment = query
+        .get("message")
+        .filter(|m| !m.is_empty())
+        .map_or_else(|| format!("Imported from {source}"), str::to_owned);
+    Ok((name, config, comment))
+}
+
+/// Writes what `url` answers into `file`.
+async fn download(url: &str, file: &std::fs::File) -> Result<()> {
+    use std::io::Write;
+    let failed = |e: reqwest::Error| ApiError::bad_request(format!("cannot download {url}: {e}"));
+    let mut response = reqwest::get(url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(failed)?;
+    let mut file = file;
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        file.write_all(&chunk).map_err(|e| {
+            ApiError::from(crate::engine::EngineError::Internal(format!(
+                "spool {url}: {e}"
+            )))
+        })?;
+    }
+    Ok(())
 }

@@ -279,6 +279,33 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
 
 /// Writes a request body to `file` as it arrives (archives too large
 /// for memory: `load`, a build's context).
+/// How much of a refused upload is read and dropped so that the client can
+/// finish sending and read the error, as Go's server lets it; past this the
+/// connection is closed instead.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// How long a refused upload may take to arrive before the error is sent
+/// anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops what is left of a request `body` that is refused
+/// (within [`DRAIN_LIMIT`] and [`DRAIN_TIMEOUT`]): a client still sending
+/// when the connection closes hears a broken pipe, not the refusal.
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut discarded = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, Bytes::len);
+            if discarded > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        debug!("the client did not finish sending a refused request");
+    }
+}
+
 async fn spool(mut body: Incoming, file: &std::fs::File) -> Result<()> {
     use std::io::Write;
     let mut file = file;
@@ -475,6 +502,9 @@ async fn dispatch(
             build::history(engine, &name.join("/"))
         }
 
+        (&M::POST, ["images", "create"]) if Query::parse(&req).get("fromSrc").is_some() => {
+            images::import(engine, req).await
+        }
         (&M::POST, ["images", "create"]) => images::pull(engine, &req),
         (&M::GET, ["images", "json"]) => images::list(engine, &req),
         (&M::POST, ["images", "prune"]) => images::prune(engine, &req),
