@@ -449,6 +449,8 @@ impl Build {
 
     /// Runs the build on the context at `tar`; the image made.
     pub async fn run(mut self, tar: PathBuf) -> Result<Digest, BuildError> {
+        // A step's layers are nobody's until its image is kept.
+        let _adding = self.engine.store.adding().await;
         let result = self.run_inner(tar).await;
         if result.is_err() && self.out.quiet && !self.out.held.is_empty() {
             // -q holds the output back; a failure shows it.

@@ -71,6 +71,8 @@ impl Engine {
     ) -> Result<ImageRecord, EngineError> {
         let container = self.container(key)?;
         let record = container.record();
+        // The new layer is nobody's until the image is kept.
+        let _adding = self.store.adding().await;
         let paused_here = request.pause && record.state.status == super::config::Status::Running;
         if paused_here {
             self.pause(key).await?;

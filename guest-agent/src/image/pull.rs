@@ -59,6 +59,8 @@ impl Puller {
             }
         };
         let name = reference;
+        // What is pulled is nobody's until the name is set at the end.
+        let _adding = self.store.adding().await;
         let (source, (bytes, content_type, target)) = self.resolve(reference).await?;
         let reference = &source;
         report(Progress::Resolved {

@@ -91,6 +91,63 @@ const EMPTY_DIR: &str = "empty";
 pub struct Store {
     root: PathBuf,
     names: Mutex<()>,
+    /// Keeps gc and those adding content apart; see [`Store::adding`].
+    gate: Gate,
+}
+
+/// Who is adding content, and whether a gc is collecting.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    adding: usize,
+    collecting: bool,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `ready` holds of the state, then applies `take` to it.
+    async fn enter(&self, ready: impl Fn(&GateState) -> bool, take: impl FnOnce(&mut GateState)) {
+        loop {
+            // Registered before the state is looked at: no change is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if ready(&state) {
+                    take(&mut state);
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    fn leave(&self, give: impl FnOnce(&mut GateState)) {
+        give(&mut self.lock());
+        self.changed.notify_waiters();
+    }
+}
+
+/// Keeps [`Store::gc`] from collecting while it lives: see
+/// [`Store::adding`].
+#[derive(Debug)]
+pub struct Adding {
+    store: std::sync::Arc<Store>,
+}
+
+impl Drop for Adding {
+    fn drop(&mut self) {
+        self.store.gate.leave(|s| s.adding -= 1);
+    }
 }
 
 fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -250,7 +307,18 @@ impl Store {
         Ok(Store {
             root: root.to_owned(),
             names: Mutex::new(()),
+            gate: Gate::default(),
         })
+    }
+
+    /// Holds gc off while content is added: whatever writes blobs or
+    /// snapshots that no image names yet holds one until an image names or
+    /// keeps them. Waits only for a gc that is collecting; holds may nest.
+    pub async fn adding(self: &std::sync::Arc<Self>) -> Adding {
+        self.gate.enter(|s| !s.collecting, |s| s.adding += 1).await;
+        Adding {
+            store: self.clone(),
+        }
     }
 
     /// The store's root.
@@ -515,8 +583,18 @@ impl Store {
     }
 
     /// Removes every blob and snapshot no name needs (and leftovers of
-    /// interrupted writes); returns how many bytes of blobs went.
-    pub fn gc(&self) -> Result<GcReport, ImageError> {
+    /// interrupted writes), once nobody is adding content (see
+    /// [`Store::adding`]); returns how many bytes of blobs went.
+    pub async fn gc(&self) -> Result<GcReport, ImageError> {
+        self.gate
+            .enter(|s| s.adding == 0 && !s.collecting, |s| s.collecting = true)
+            .await;
+        let collected = self.collect();
+        self.gate.leave(|s| s.collecting = false);
+        collected
+    }
+
+    fn collect(&self) -> Result<GcReport, ImageError> {
         let _guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
         let names = self.load_names()?;
         let mut blobs: BTreeSet<Digest> = BTreeSet::new();
@@ -776,6 +854,44 @@ impl Drop for Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn gc_leaves_content_being_added_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let stale = store.write_blob(b"nobody's", None).unwrap();
+        assert_eq!(store.gc().await.unwrap().blobs, 1);
+        assert!(!store.has_blob(&stale));
+
+        // A pull's blob, not yet named: gc waits for the name.
+        let adding = store.adding().await;
+        let pulled = store.write_blob(b"being pulled", None).unwrap();
+        let gc = tokio::spawn({
+            let store = store.clone();
+            async move { store.gc().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!gc.is_finished(), "gc ran while content was being added");
+        assert!(store.has_blob(&pulled));
+        // Another adder (a build's FROM pulling) is not held up by the
+        // waiting gc.
+        let nested = tokio::time::timeout(std::time::Duration::from_secs(5), store.adding())
+            .await
+            .expect("a second hold while gc waits");
+        drop(nested);
+        let record = ImageRecord {
+            target: pulled.clone(),
+            manifest: pulled.clone(),
+            config: pulled.clone(),
+            platform: Platform::host(),
+            created: String::new(),
+        };
+        store.set_name("example.com/pulled:1", record).unwrap();
+        drop(adding);
+        let report = gc.await.unwrap().unwrap();
+        assert_eq!(report.blobs, 0);
+        assert!(store.has_blob(&pulled));
+    }
 
     #[test]
     fn blobs_are_checked_before_they_appear() {

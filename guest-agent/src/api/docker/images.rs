@@ -424,7 +424,7 @@ pub(super) fn tag(
     Ok(super::empty(StatusCode::CREATED))
 }
 
-pub(super) fn remove(
+pub(super) async fn remove(
     engine: &Arc<Engine>,
     name: &str,
     req: &Request<Incoming>,
@@ -492,7 +492,7 @@ pub(super) fn remove(
         engine.emit_simple("image", "delete", &record.config.to_string(), None);
         // Layers go unless a container still stands on them.
         if engine.users_of_image(&record.config).is_empty() {
-            collect_garbage(engine);
+            collect_garbage(engine).await;
         }
     }
     Ok(json(StatusCode::OK, &out))
@@ -500,7 +500,7 @@ pub(super) fn remove(
 
 /// Clears blobs and snapshots no name needs, unless a container's image
 /// has lost its names (its layers must stay).
-fn collect_garbage(engine: &Engine) -> u64 {
+async fn collect_garbage(engine: &Engine) -> u64 {
     let Ok(names) = engine.store.names() else {
         return 0;
     };
@@ -513,10 +513,10 @@ fn collect_garbage(engine: &Engine) -> u64 {
     if orphaned_in_use {
         return 0;
     }
-    engine.store.gc().map(|r| r.blob_bytes).unwrap_or(0)
+    engine.store.gc().await.map(|r| r.blob_bytes).unwrap_or(0)
 }
 
-pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
+pub(super) async fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
     let filters = Query::parse(req).filters()?;
     let all = filters
         .iter()
@@ -553,7 +553,7 @@ pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Res
         engine.store.forget(&id)?;
         deleted.push(json!({"Deleted": id.to_string()}));
     }
-    let reclaimed = collect_garbage(engine);
+    let reclaimed = collect_garbage(engine).await;
     Ok(json(
         StatusCode::OK,
         &json!({"ImagesDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": reclaimed}),
@@ -763,6 +763,7 @@ pub(super) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> Result
     let spool = tempfile::NamedTempFile::new_in(&spool_dir)
         .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
     super::spool(req.into_body(), spool.as_file()).await?;
+    let _adding = engine.store.adding().await;
     let store = engine.store.clone();
     let path = spool.path().to_owned();
     let loaded = tokio::task::spawn_blocking(move || {
@@ -814,6 +815,8 @@ pub(super) async fn import(engine: &Arc<Engine>, req: Request<Incoming>) -> Resu
         }
     };
     let internal = |e: String| ApiError::from(crate::engine::EngineError::Internal(e));
+    // Until the image is kept and named, its layer is nobody's.
+    let _adding = engine.store.adding().await;
     let spool_dir = engine.root().join("tmp");
     std::fs::create_dir_all(&spool_dir).map_err(|e| internal(e.to_string()))?;
     let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(|e| internal(e.to_string()))?;

@@ -496,7 +496,7 @@ async fn dispatch(
         (&M::POST, ["auth"]) => system::auth(engine, req).await,
 
         (&M::POST, ["build"]) => build::build(engine, req).await,
-        (&M::POST, ["build", "prune"]) => build::prune(engine),
+        (&M::POST, ["build", "prune"]) => build::prune(engine).await,
         (&M::POST, ["commit"]) => build::commit(engine, req).await,
         (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => {
             build::history(engine, &name.join("/"))
@@ -507,7 +507,7 @@ async fn dispatch(
         }
         (&M::POST, ["images", "create"]) => images::pull(engine, &req),
         (&M::GET, ["images", "json"]) => images::list(engine, &req),
-        (&M::POST, ["images", "prune"]) => images::prune(engine, &req),
+        (&M::POST, ["images", "prune"]) => images::prune(engine, &req).await,
         (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(engine, &name.join("/"))
         }
@@ -523,7 +523,7 @@ async fn dispatch(
             images::tag(engine, &name.join("/"), &req)
         }
         (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => {
-            images::remove(engine, &name.join("/"), &req)
+            images::remove(engine, &name.join("/"), &req).await
         }
 
         (&M::POST, ["containers", "create"]) => containers::create(engine, req).await,
