@@ -106,6 +106,9 @@ struct Gate {
 struct GateState {
     adding: usize,
     collecting: bool,
+    /// A gc was asked for while content was being added: it runs when the
+    /// last adder is done.
+    pending: bool,
 }
 
 impl Gate {
@@ -146,7 +149,25 @@ pub struct Adding {
 
 impl Drop for Adding {
     fn drop(&mut self) {
-        self.store.gate.leave(|s| s.adding -= 1);
+        let mut collect = false;
+        self.store.gate.leave(|s| {
+            s.adding -= 1;
+            if s.adding == 0 && s.pending && !s.collecting {
+                s.pending = false;
+                s.collecting = true;
+                collect = true;
+            }
+        });
+        if collect {
+            // The deferred gc, off whatever thread let go last.
+            let store = self.store.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = store.collect() {
+                    tracing::warn!("image gc: {e}");
+                }
+                store.gate.leave(|s| s.collecting = false);
+            });
+        }
     }
 }
 
@@ -313,7 +334,8 @@ impl Store {
 
     /// Holds gc off while content is added: whatever writes blobs or
     /// snapshots that no image names yet holds one until an image names or
-    /// keeps them. Waits only for a gc that is collecting; holds may nest.
+    /// keeps them. Waits only for a gc that is collecting (briefly); holds
+    /// may nest.
     pub async fn adding(self: &std::sync::Arc<Self>) -> Adding {
         self.gate.enter(|s| !s.collecting, |s| s.adding += 1).await;
         Adding {
@@ -582,13 +604,30 @@ impl Store {
         vec![self.root.join(EMPTY_DIR)]
     }
 
-    /// Removes every blob and snapshot no name needs (and leftovers of
-    /// interrupted writes), once nobody is adding content (see
-    /// [`Store::adding`]); returns how many bytes of blobs went.
+    /// Removes every blob and snapshot no name needs; what went. While
+    /// content is being added (see [`Store::adding`]) nothing is removed
+    /// now: the gc is deferred until the last adder is done.
     pub async fn gc(&self) -> Result<GcReport, ImageError> {
+        let mut deferred = false;
         self.gate
-            .enter(|s| s.adding == 0 && !s.collecting, |s| s.collecting = true)
+            .enter(
+                |s| !s.collecting,
+                |s| {
+                    if s.adding > 0 {
+                        s.pending = true;
+                        deferred = true;
+                    } else {
+                        s.collecting = true;
+                    }
+                },
+            )
             .await;
+        if deferred {
+            return Ok(GcReport {
+                deferred: true,
+                ..GcReport::default()
+            });
+        }
         let collected = self.collect();
         self.gate.leave(|s| s.collecting = false);
         collected
@@ -658,6 +697,9 @@ pub struct GcReport {
     pub blob_bytes: u64,
     /// Snapshots removed.
     pub snapshots: u64,
+    /// Nothing was removed: content was being added, and the gc runs once
+    /// that is done.
+    pub deferred: bool,
 }
 
 /// The parts of an image config the store needs; the whole config stays
@@ -863,22 +905,19 @@ mod tests {
         assert_eq!(store.gc().await.unwrap().blobs, 1);
         assert!(!store.has_blob(&stale));
 
-        // A pull's blob, not yet named: gc waits for the name.
+        // A pull's blobs, not yet named: the gc asked for meanwhile (an
+        // rmi's) does not wait, and removes nothing.
         let adding = store.adding().await;
+        let nested = store.adding().await;
         let pulled = store.write_blob(b"being pulled", None).unwrap();
-        let gc = tokio::spawn({
-            let store = store.clone();
-            async move { store.gc().await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(!gc.is_finished(), "gc ran while content was being added");
-        assert!(store.has_blob(&pulled));
-        // Another adder (a build's FROM pulling) is not held up by the
-        // waiting gc.
-        let nested = tokio::time::timeout(std::time::Duration::from_secs(5), store.adding())
+        let dropped = store.write_blob(b"left unnamed", None).unwrap();
+        let report = tokio::time::timeout(std::time::Duration::from_secs(5), store.gc())
             .await
-            .expect("a second hold while gc waits");
-        drop(nested);
+            .expect("gc waited for the pull")
+            .unwrap();
+        assert!(report.deferred);
+        assert_eq!(report.blobs, 0);
+        assert!(store.has_blob(&pulled) && store.has_blob(&dropped));
         let record = ImageRecord {
             target: pulled.clone(),
             manifest: pulled.clone(),
@@ -887,9 +926,18 @@ mod tests {
             created: String::new(),
         };
         store.set_name("example.com/pulled:1", record).unwrap();
+        drop(nested);
+        assert!(store.has_blob(&dropped), "gc ran with an adder left");
+        // The last adder done: the deferred gc runs.
         drop(adding);
-        let report = gc.await.unwrap().unwrap();
-        assert_eq!(report.blobs, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.has_blob(&dropped) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deferred gc never ran"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert!(store.has_blob(&pulled));
     }
 
