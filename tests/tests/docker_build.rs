@@ -450,3 +450,61 @@ fn targets_onbuild_digests_and_another_dockerfile() {
     ]);
     assert_eq!(onbuild.trim(), "null");
 }
+
+#[test]
+fn an_interrupted_build_stops_and_leaves_no_container() {
+    require_root();
+    let d = Engine::start();
+    let dir = context();
+    write(
+        dir.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN echo started && sleep 1000\nRUN echo never\n",
+            d.busybox()
+        ),
+    );
+    let mut client = d
+        .command(&["build", "-t", "local/cut:1", dir.path().to_str().unwrap()])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the RUN has started: its output has reached the client.
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the build ended before its RUN started: {seen}");
+        if line.trim() == "started" {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let running = d.ok(&["ps", "-q"]);
+    assert_eq!(running.lines().count(), 1, "the RUN's container: {running}");
+    // As Ctrl-C does: the client goes away.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.ok(&["ps", "-aq"]).trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build's container outlived its client:\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let tagged = d.run(&["image", "inspect", "local/cut:1"]);
+    assert!(!tagged.status.success(), "the cut build tagged its image");
+    // The engine builds on.
+    write(
+        dir.path(),
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo done\n", d.busybox()),
+    );
+    build_ok(&d, &["-t", "local/cut:1"], dir.path());
+}

@@ -70,6 +70,9 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
+    /// The client went away: the build was stopped.
+    #[error("the build was cancelled")]
+    Cancelled,
     /// A `RUN` command exited non-zero.
     #[error("The command '{command}' returned a non-zero code: {code}")]
     Run {
@@ -353,16 +356,20 @@ pub struct Build {
     cache: cache::Cache,
     step: usize,
     total: usize,
+    /// Turns true when the build is to stop (its client went away).
+    cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Build {
     /// A build working in `work` (made by [`work_dir`]), saying what it
-    /// does on `tx`.
+    /// does on `tx`; it stops, between steps or by killing a running
+    /// `RUN`, once `cancel` turns true.
     pub fn new(
         engine: Arc<Engine>,
         opts: Options,
         work: PathBuf,
         tx: mpsc::UnboundedSender<Message>,
+        cancel: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let cache = cache::Cache::new(&engine.root().join(BUILD_DIR));
         Build {
@@ -383,6 +390,7 @@ impl Build {
             cache,
             step: 0,
             total: 0,
+            cancel,
         }
     }
 
@@ -766,6 +774,9 @@ impl Build {
 
     /// One instruction of a stage.
     async fn dispatch(&mut self, stage: &mut Stage, ins: &Instruction) -> Result<(), BuildError> {
+        if *self.cancel.borrow() {
+            return Err(BuildError::Cancelled);
+        }
         let lookup = |name: &str| stage.lookup(name);
         match ins.keyword.as_str() {
             "FROM" => Err(BuildError::Step("FROM inside a stage".into())),
@@ -1135,7 +1146,7 @@ impl Build {
         self.out.say(format!(" ---> Running in {}\n", &id[..12]));
         let outcome = self.run_container(&id).await;
         let remove = match &outcome {
-            Ok(0) => self.opts.remove || self.opts.force_remove,
+            Ok(0) | Err(BuildError::Cancelled) => self.opts.remove || self.opts.force_remove,
             _ => self.opts.force_remove,
         };
         let made = match outcome {
@@ -1161,9 +1172,15 @@ impl Build {
         let container = self.engine.container(id)?;
         let mut output = container.subscribe();
         let mut watch = container.watch();
+        let mut cancel = self.cancel.clone();
         self.engine.start(id).await?;
+        let mut cancelled = false;
         loop {
             tokio::select! {
+                _ = cancel.wait_for(|c| *c) => {
+                    cancelled = true;
+                    break;
+                }
                 chunk = output.recv() => match chunk {
                     Ok(o) => self.out.say(String::from_utf8_lossy(&o.bytes).into_owned()),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -1174,6 +1191,11 @@ impl Build {
                     break;
                 }
             }
+        }
+        if cancelled {
+            let _ = self.engine.kill(id, nix::sys::signal::Signal::SIGKILL);
+            let _ = watch.wait_for(|w| w.exits > 0 || w.removed).await;
+            return Err(BuildError::Cancelled);
         }
         let _ = watch.wait_for(|w| w.exits > 0 || w.removed).await;
         while let Ok(o) = output.try_recv() {

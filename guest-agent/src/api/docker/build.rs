@@ -119,16 +119,31 @@ pub(super) async fn build(engine: &Arc<Engine>, req: Request<Incoming>) -> Resul
     drop(file);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(64);
-    let builder = build::Build::new(engine.clone(), opts, work, tx);
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let builder = build::Build::new(engine.clone(), opts, work, tx, cancelled);
     tokio::spawn(async move {
         let run = tokio::spawn(builder.run(tar));
-        while let Some(message) = rx.recv().await {
+        // A client that goes away (interrupted) stops the build, as with
+        // dockerd; its messages are read to the end all the same.
+        loop {
+            let message = tokio::select! {
+                message = rx.recv() => match message {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = body_tx.closed(), if !*cancel.borrow() => {
+                    tracing::info!("the build's client went away; cancelling the build");
+                    let _ = cancel.send(true);
+                    continue;
+                }
+            };
             let value = match message {
                 Message::Stream(text) => json!({ "stream": text }),
                 Message::Aux(id) => json!({ "aux": { "ID": id.to_string() } }),
             };
-            // A client that went away does not stop the build.
-            let _ = body_tx.send(line(value)).await;
+            if body_tx.send(line(value)).await.is_err() {
+                let _ = cancel.send(true);
+            }
         }
         let outcome = match run.await {
             Ok(result) => result,
