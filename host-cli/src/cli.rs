@@ -212,7 +212,8 @@ pub struct LsArgs {
     /// Print only machine names.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Keep machines matching a condition: driver=, state=, name= (a regex).
+    /// Keep machines matching a condition: driver=, state=, name= (a regex),
+    /// label=KEY=VALUE (an engine label).
     #[arg(long, value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
     /// Seconds to wait for each machine's answer.

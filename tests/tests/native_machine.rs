@@ -244,9 +244,9 @@ fn a_hung_agent_is_reported_not_waited_for() {
 #[test]
 fn ls_formats_filters_and_quiet() {
     let berth = Berth::new();
-    berth.ok(&["create", "web2"]);
-    berth.ok(&["create", "web10"]);
-    berth.ok(&["create", "db"]);
+    berth.ok(&["create", "--engine-label", "tier=front", "web2"]);
+    berth.ok(&["create", "--engine-label", "tier=Front", "web10"]);
+    berth.ok(&["create", "--engine-label", "tier=back", "db"]);
     berth.ok(&["stop", "db"]);
     assert_eq!(berth.ok(&["ls", "-q"]), "db\nweb2\nweb10\n");
     assert_eq!(
@@ -276,6 +276,27 @@ fn ls_formats_filters_and_quiet() {
     assert!(berth
         .fails(&["ls", "--format", "{{.Nope}}"])
         .contains("can't evaluate field Nope"));
+    // Labels as docker-machine matches them: key exact, value in any case,
+    // any of several.
+    assert_eq!(
+        berth.ok(&["ls", "-q", "--filter", "label=tier=front"]),
+        "web2\nweb10\n"
+    );
+    assert_eq!(
+        berth.ok(&[
+            "ls",
+            "-q",
+            "--filter",
+            "label=tier=back",
+            "--filter",
+            "label=zone=x"
+        ]),
+        "db\n"
+    );
+    assert_eq!(berth.ok(&["ls", "-q", "--filter", "label=Tier=back"]), "");
+    assert!(berth
+        .fails(&["ls", "--filter", "label=tier"])
+        .contains("label=KEY=VALUE"));
     assert!(berth
         .fails(&["ls", "--filter", "color=red"])
         .contains("Unsupported filter key"));

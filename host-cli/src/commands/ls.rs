@@ -34,6 +34,9 @@ pub(crate) struct ListItem {
     version: String,
     error: String,
     response_time_ms: u64,
+    /// The engine's labels, `KEY=VALUE` (for `--filter label=`).
+    #[serde(skip)]
+    labels: Vec<String>,
 }
 
 fn header(field: &str) -> Option<&'static str> {
@@ -69,6 +72,7 @@ async fn item(
         version: "Unknown".to_owned(),
         error: String::new(),
         response_time_ms: 0,
+        labels: Vec::new(),
     };
     let machine = match Machine::open(store, &name) {
         Ok(machine) => machine,
@@ -78,6 +82,7 @@ async fn item(
         }
     };
     item.driver_name = machine.driver.name().to_owned();
+    item.labels = machine.record.driver.engine().labels.clone();
     let state = match tokio::time::timeout(timeout, machine.state()).await {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => {
@@ -133,6 +138,8 @@ struct Filters {
     driver: Vec<String>,
     state: Vec<String>,
     name: Vec<Regex>,
+    /// `(key, value)` of the engine labels asked for.
+    label: Vec<(String, String)>,
 }
 
 impl Filters {
@@ -164,9 +171,17 @@ impl Filters {
                         CliError::Usage(format!("invalid name filter {value:?}: {e}"))
                     })?)
                 }
+                "label" => {
+                    let (k, v) = value.split_once('=').ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "invalid label filter {value:?}: use label=KEY=VALUE"
+                        ))
+                    })?;
+                    out.label.push((k.to_owned(), v.to_owned()));
+                }
                 other => {
                     return Err(CliError::Usage(format!(
-                        "Unsupported filter key '{other}': use driver, state or name"
+                        "Unsupported filter key '{other}': use driver, state, name or label"
                     )))
                 }
             }
@@ -181,6 +196,14 @@ impl Filters {
         any(&self.driver, &item.driver_name)
             && any(&self.state, &item.state)
             && (self.name.is_empty() || self.name.iter().any(|r| r.is_match(&item.name)))
+            && (self.label.is_empty()
+                || self.label.iter().any(|(key, value)| {
+                    item.labels.iter().any(|l| {
+                        l.split_once('=').is_some_and(|(k, v)| {
+                            k == key.as_str() && v.eq_ignore_ascii_case(value)
+                        })
+                    })
+                }))
     }
 }
 

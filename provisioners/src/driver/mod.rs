@@ -405,6 +405,16 @@ impl DriverConfig {
         }
     }
 
+    /// The engine options the machine was made with.
+    pub fn engine(&self) -> &EngineOptions {
+        match self {
+            DriverConfig::Native(c) => &c.engine,
+            DriverConfig::Qemu(c) => &c.engine,
+            DriverConfig::Generic(c) => &c.engine,
+            DriverConfig::Ec2(c) => &c.engine,
+        }
+    }
+
     /// Opens the driver for the machine in `context`.
     pub fn open(&self, context: MachineContext) -> Box<dyn Driver> {
         match self {
