@@ -128,15 +128,15 @@ pub fn load_modules(list: &str) -> Vec<std::path::PathBuf> {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let dir = Path::new("/lib/modules").join(&release);
-    let list = match fs::read_to_string(dir.join(list)) {
-        Ok(list) => list,
+    let names = match fs::read_to_string(dir.join(list)) {
+        Ok(names) => names,
         Err(e) => {
             warn!("no module list for kernel {release}: {e}");
             return Vec::new();
         }
     };
     let mut loaded = Vec::new();
-    for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for line in names.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = dir.join(line);
         if is_loaded(&path) {
             loaded.push(path);
@@ -148,7 +148,7 @@ pub fn load_modules(list: &str) -> Vec<std::path::PathBuf> {
             Err(e) => warn!("cannot load module {line}: {e}"),
         }
     }
-    info!(loaded = loaded.len(), "kernel modules loaded");
+    info!(list, loaded = loaded.len(), "kernel modules loaded");
     loaded
 }
 
