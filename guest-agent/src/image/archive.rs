@@ -79,24 +79,12 @@ pub fn import(
             hashed.finish().0
         }
     };
-    let media_type = match compression {
-        Compression::None => media::OCI_LAYER,
-        Compression::Gzip => media::OCI_LAYER_GZIP,
-        Compression::Zstd => media::OCI_LAYER_ZSTD,
-    };
     super::commit::commit(
         store,
         super::commit::NewImage {
             parent: None,
             layer: Some(super::commit::NewLayer {
-                descriptor: Descriptor {
-                    media_type: media_type.to_owned(),
-                    digest,
-                    size,
-                    urls: Vec::new(),
-                    annotations: Default::default(),
-                    platform: None,
-                },
+                descriptor: Descriptor::new(compression.layer_media_type(), digest, size),
                 diff_id,
             }),
             config,
@@ -555,33 +543,15 @@ fn docker_images(store: &Store, files: &Input) -> Result<Vec<Loaded>, ImageError
             let n = std::fs::File::open(store.blob_path(&digest))
                 .and_then(|mut f| f.read(&mut head))
                 .map_err(io(format!("read {path}")))?;
-            let media_type = match Compression::sniff(&head[..n]) {
-                Compression::Gzip => media::OCI_LAYER_GZIP,
-                Compression::Zstd => media::OCI_LAYER_ZSTD,
-                Compression::None => media::OCI_LAYER,
-            };
-            layers.push(Descriptor {
-                media_type: media_type.into(),
-                digest,
-                size,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-                platform: None,
-            });
+            let media_type = Compression::sniff(&head[..n]).layer_media_type();
+            layers.push(Descriptor::new(media_type, digest, size));
         }
         // The archive has no manifest of its own: write the OCI one it
         // implies.
         let manifest = manifest::Manifest {
             schema_version: 2,
             media_type: Some(media::OCI_MANIFEST.into()),
-            config: Descriptor {
-                media_type: media::OCI_CONFIG.into(),
-                digest: config_digest.clone(),
-                size: config_size,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
+            config: Descriptor::new(media::OCI_CONFIG, config_digest.clone(), config_size),
             layers,
             annotations: BTreeMap::new(),
         };

@@ -201,14 +201,7 @@ pub fn layer_from_upper(
     let size = compressed.hasher.len();
     let digest = compressed.inner.0.commit()?;
     Ok(Some(NewLayer {
-        descriptor: Descriptor {
-            media_type: media::OCI_LAYER_GZIP.to_owned(),
-            digest,
-            size,
-            urls: Vec::new(),
-            annotations: Default::default(),
-            platform: None,
-        },
+        descriptor: Descriptor::new(media::OCI_LAYER_GZIP, digest, size),
         diff_id,
     }))
 }
@@ -412,14 +405,11 @@ pub fn commit(store: &Store, image: NewImage<'_>) -> Result<ImageRecord, ImageEr
     let manifest = manifest::Manifest {
         schema_version: 2,
         media_type: Some(manifest_type.to_owned()),
-        config: Descriptor {
-            media_type: config_type.to_owned(),
-            digest: config_digest.clone(),
-            size: config_bytes.len() as u64,
-            urls: Vec::new(),
-            annotations: Default::default(),
-            platform: None,
-        },
+        config: Descriptor::new(
+            config_type,
+            config_digest.clone(),
+            config_bytes.len() as u64,
+        ),
         layers,
         annotations: Default::default(),
     };

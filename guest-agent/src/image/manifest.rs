@@ -155,6 +155,20 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
 }
 
+impl Descriptor {
+    /// Content of `media_type` with `digest` and `size`, nothing more.
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest,
+            size,
+            urls: Vec::new(),
+            annotations: BTreeMap::new(),
+            platform: None,
+        }
+    }
+}
+
 /// An image manifest (OCI or Docker schema2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -281,6 +295,15 @@ impl Compression {
             media::OCI_LAYER_ZSTD => Compression::Zstd,
             _ => return None,
         })
+    }
+
+    /// The OCI media type of a layer compressed so.
+    pub fn layer_media_type(self) -> &'static str {
+        match self {
+            Compression::None => media::OCI_LAYER,
+            Compression::Gzip => media::OCI_LAYER_GZIP,
+            Compression::Zstd => media::OCI_LAYER_ZSTD,
+        }
     }
 
     /// From the first bytes of a blob (for archives that do not say).
