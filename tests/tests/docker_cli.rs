@@ -321,6 +321,115 @@ fn volumes_bind_mounts_and_named_volumes() {
 }
 
 #[test]
+fn mount_and_tmpfs_options_mount_what_they_say() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "from host\n").unwrap();
+
+    // A read-only bind.
+    let bind = format!(
+        "type=bind,source={},target=/data,readonly",
+        dir.path().display()
+    );
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        &bind,
+        &image,
+        "sh",
+        "-c",
+        "cat /data/in.txt; touch /data/x 2>/dev/null || echo refused",
+    ]);
+    assert_eq!(out, "from host\nrefused\n");
+    // A named volume, kept between containers; an anonymous one.
+    d.ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,source=kept,target=/v",
+        &image,
+        "sh",
+        "-c",
+        "echo kept > /v/f",
+    ]);
+    assert_eq!(
+        d.ok(&["run", "--rm", "-v", "kept:/v", &image, "cat", "/v/f"]),
+        "kept\n"
+    );
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,target=/anon",
+            &image,
+            "ls",
+            "-d",
+            "/anon"
+        ]),
+        "/anon\n"
+    );
+    // Tmpfs mounts, from both options, with their sizes and flags.
+    let mounts = d.ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=tmpfs,target=/m,tmpfs-size=1048576",
+        "--tmpfs",
+        "/t:size=2m",
+        &image,
+        "sh",
+        "-c",
+        "grep -E ' /(m|t) ' /proc/mounts",
+    ]);
+    let line = |at: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(at))
+            .unwrap_or_else(|| panic!("no tmpfs at {at}: {mounts}"))
+            .to_owned()
+    };
+    assert!(line("/m").starts_with("tmpfs /m tmpfs") && line("/m").contains("size=1024k"));
+    assert!(line("/t").contains("size=2048k") && line("/t").contains("noexec"));
+    let inspect = d.ok(&["create", "--mount", &bind, "--tmpfs", "/t", &image, "true"]);
+    let types = d.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}",
+        inspect.trim(),
+    ]);
+    assert_eq!(types.trim(), "bind:/data tmpfs:/t");
+
+    // What cannot be mounted is refused at create, with the reason.
+    let missing = format!("type=bind,source={}/nope,target=/h", dir.path().display());
+    for (args, says) in [
+        (
+            vec!["--mount", missing.as_str()],
+            "bind source path does not exist",
+        ),
+        (
+            vec!["--mount", "type=volume,source=v,target=rel"],
+            "must be absolute",
+        ),
+        (
+            vec!["-v", "/tmp:/d", "--tmpfs", "/d"],
+            "Duplicate mount point: /d",
+        ),
+        (vec!["--tmpfs", "/t:bogus"], "invalid tmpfs option"),
+    ] {
+        let mut all = vec!["create"];
+        all.extend(args.iter().copied());
+        all.extend([image.as_str(), "true"]);
+        let out = d.run(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
 fn agent_restart_keeps_containers() {
     require_root();
     let mut d = Engine::start();

@@ -72,9 +72,41 @@ pub struct HostConfig {
     pub publish_all_ports: bool,
     pub privileged: bool,
     pub readonly_rootfs: bool,
+    /// `--mount`: binds, volumes and tmpfs mounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MountRequest>>,
+    /// `--tmpfs`: container path → mount options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<BTreeMap<String, String>>,
     /// Everything else the client sent, given back as it came.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// One `--mount`, as `HostConfig.Mounts` has it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct MountRequest {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<TmpfsOptions>,
+    /// The other options (`BindOptions`, `VolumeOptions`, …), given back
+    /// as they came.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `--mount type=tmpfs`'s `tmpfs-size` and `tmpfs-mode`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TmpfsOptions {
+    pub size_bytes: i64,
+    pub mode: u32,
 }
 
 /// One host side of a published port.

@@ -572,9 +572,7 @@ impl Engine {
                 "conflicting options: cannot specify both --restart and --rm".into(),
             ));
         }
-        for bind in host_config.binds.iter().flatten() {
-            volumes::parse_bind(bind)?;
-        }
+        volumes::requested(&host_config)?;
         for a in &attachments {
             let network = self.networks.find(&a.network).map_err(network_error)?;
             if !a.aliases.is_empty() && network.is_builtin() {
@@ -754,6 +752,7 @@ impl Engine {
                 image_workdir: image_cfg.working_dir().as_deref().unwrap_or_default(),
                 image_user: image_cfg.user().as_deref().unwrap_or_default(),
                 binds: &binds,
+                tmpfs: &Self::tmpfs(&record)?,
                 hostname: &record.config.hostname,
             },
         )?;
@@ -854,8 +853,20 @@ impl Engine {
     ) -> Result<Vec<spec::Bind>, EngineError> {
         let mut out = Vec::new();
         let mut covered = std::collections::HashSet::new();
-        for text in record.host_config.binds.iter().flatten() {
-            let bind = volumes::parse_bind(text)?;
+        let mut anonymous = Vec::new();
+        for requested in volumes::requested(&record.host_config)? {
+            let bind = match requested {
+                volumes::Requested::Bind(bind) => bind,
+                volumes::Requested::Anonymous { destination } => {
+                    anonymous.push(destination);
+                    continue;
+                }
+                // Mounted by the spec itself (see [`Engine::tmpfs`]).
+                volumes::Requested::Tmpfs { destination, .. } => {
+                    covered.insert(destination);
+                    continue;
+                }
+            };
             let source = match &bind.source {
                 volumes::Source::Path(p) => {
                     if !p.exists() {
@@ -892,6 +903,7 @@ impl Engine {
                 .flatten()
                 .map(|(k, _)| k.clone()),
         );
+        wanted.extend(anonymous);
         wanted.sort();
         wanted.dedup();
         for (i, path) in wanted.iter().enumerate() {
@@ -907,6 +919,23 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+
+    /// The container's tmpfs mounts (`--tmpfs`, `--mount type=tmpfs`).
+    fn tmpfs(record: &Record) -> Result<Vec<spec::Tmpfs>, EngineError> {
+        Ok(volumes::requested(&record.host_config)?
+            .into_iter()
+            .filter_map(|r| match r {
+                volumes::Requested::Tmpfs {
+                    destination,
+                    options,
+                } => Some(spec::Tmpfs {
+                    destination,
+                    options,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The container's `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`.

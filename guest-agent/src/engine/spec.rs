@@ -37,6 +37,15 @@ const CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
+/// A tmpfs the container asked for.
+#[derive(Debug, Clone)]
+pub struct Tmpfs {
+    /// In the container.
+    pub destination: String,
+    /// Mount options (`size=…`, `mode=…`, `noexec`, …).
+    pub options: Vec<String>,
+}
+
 /// A mount the engine adds: host path, container path, read-only.
 #[derive(Debug, Clone)]
 pub struct Bind {
@@ -158,6 +167,8 @@ pub struct Inputs<'a> {
     pub image_user: &'a str,
     /// Mounts besides the defaults.
     pub binds: &'a [Bind],
+    /// Tmpfs mounts.
+    pub tmpfs: &'a [Tmpfs],
     /// The container's hostname.
     pub hostname: &'a str,
 }
@@ -212,12 +223,13 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
     process.set_rlimits(None);
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
+    let mut extra = Vec::new();
     for bind in inputs.binds {
         let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
         if bind.read_only {
             options.push("ro".into());
         }
-        mounts.push(
+        extra.push(
             MountBuilder::default()
                 .destination(&bind.destination)
                 .typ("bind")
@@ -227,6 +239,20 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
                 .map_err(invalid)?,
         );
     }
+    for t in inputs.tmpfs {
+        extra.push(
+            MountBuilder::default()
+                .destination(&t.destination)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(t.options.clone())
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    // Shallower first: a mount inside another lands on it, not under it.
+    extra.sort_by_key(|m| m.destination().components().count());
+    mounts.extend(extra);
 
     let mut resources = LinuxResourcesBuilder::default();
     let host = &record.host_config;

@@ -1,5 +1,5 @@
-//! Named volumes (`<root>/volumes/<name>/_data`, the `local` driver) and
-//! the `-v` syntax that refers to them or to host paths.
+//! Named volumes (`<root>/volumes/<name>/_data`, the `local` driver), and
+//! what a container asks to have mounted: `-v`, `--mount` and `--tmpfs`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +44,172 @@ pub struct Bind {
     pub destination: String,
     /// `ro`.
     pub read_only: bool,
+}
+
+/// A `--mount` or `--tmpfs`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// A bind or a named volume, as `-v` makes them.
+    Bind(Bind),
+    /// A volume of its own for the container (`type=volume` without a
+    /// source).
+    Anonymous {
+        /// Where, in the container.
+        destination: String,
+    },
+    /// A tmpfs.
+    Tmpfs {
+        /// Where, in the container.
+        destination: String,
+        /// Its mount options.
+        options: Vec<String>,
+    },
+}
+
+impl Requested {
+    /// Where it goes in the container.
+    pub fn destination(&self) -> &str {
+        match self {
+            Requested::Bind(b) => &b.destination,
+            Requested::Anonymous { destination } | Requested::Tmpfs { destination, .. } => {
+                destination
+            }
+        }
+    }
+}
+
+/// Checks a `--mount` as dockerd does: a bind's source must exist.
+pub fn parse_mount(m: &super::config::MountRequest) -> Result<Requested, EngineError> {
+    let invalid = |why: String| {
+        EngineError::Invalid(format!(
+            "invalid mount config for type \"{}\": {why}",
+            m.kind
+        ))
+    };
+    if !m.target.starts_with('/') {
+        return Err(invalid(format!(
+            "invalid mount path: '{}' mount path must be absolute",
+            m.target
+        )));
+    }
+    let destination = m.target.clone();
+    match m.kind.as_str() {
+        "bind" => {
+            if !m.source.starts_with('/') {
+                return Err(invalid(format!(
+                    "invalid mount path: '{}' mount path must be absolute",
+                    m.source
+                )));
+            }
+            if !std::path::Path::new(&m.source).exists() {
+                return Err(invalid(format!(
+                    "bind source path does not exist: {}",
+                    m.source
+                )));
+            }
+            Ok(Requested::Bind(Bind {
+                source: Source::Path(PathBuf::from(&m.source)),
+                destination,
+                read_only: m.read_only,
+            }))
+        }
+        "volume" if m.source.is_empty() => Ok(Requested::Anonymous { destination }),
+        "volume" => {
+            validate(&m.source)?;
+            Ok(Requested::Bind(Bind {
+                source: Source::Volume(m.source.clone()),
+                destination,
+                read_only: m.read_only,
+            }))
+        }
+        "tmpfs" => {
+            if !m.source.is_empty() {
+                return Err(invalid("source must not be specified".into()));
+            }
+            let mut options = vec!["nosuid".to_owned(), "nodev".to_owned()];
+            if m.read_only {
+                options.push("ro".into());
+            }
+            if let Some(t) = &m.tmpfs_options {
+                if t.size_bytes > 0 {
+                    options.push(format!("size={}", t.size_bytes));
+                }
+                if t.mode != 0 {
+                    options.push(format!("mode={:o}", t.mode & 0o7777));
+                }
+            }
+            Ok(Requested::Tmpfs {
+                destination,
+                options,
+            })
+        }
+        other => Err(EngineError::Invalid(format!(
+            "mount type {other:?} is not supported here: use bind, volume or tmpfs"
+        ))),
+    }
+}
+
+/// Checks a `--tmpfs PATH[:OPTIONS]` (options as `mount -t tmpfs` takes
+/// them); without options it is `noexec,nosuid,nodev`, as with dockerd.
+pub fn parse_tmpfs(destination: &str, options: &str) -> Result<Requested, EngineError> {
+    if !destination.starts_with('/') {
+        return Err(EngineError::Invalid(format!(
+            "invalid tmpfs mount path: '{destination}' must be absolute"
+        )));
+    }
+    let mut out = vec!["noexec".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        let key = option.split_once('=').map_or(option, |(k, _)| k);
+        let opposite = match key {
+            "exec" => "noexec",
+            "noexec" => "exec",
+            "suid" => "nosuid",
+            "nosuid" => "suid",
+            "dev" => "nodev",
+            "nodev" => "dev",
+            "ro" => "rw",
+            "rw" => "ro",
+            "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks" | "atime" | "noatime"
+            | "relatime" | "strictatime" | "nodiratime" => "",
+            _ => {
+                return Err(EngineError::Invalid(format!(
+                    "invalid tmpfs option {option:?} for {destination}"
+                )))
+            }
+        };
+        out.retain(|o| o != opposite && o.split_once('=').map_or(o.as_str(), |(k, _)| k) != key);
+        out.push(option.to_owned());
+    }
+    Ok(Requested::Tmpfs {
+        destination: destination.to_owned(),
+        options: out,
+    })
+}
+
+/// Everything a container asks to have mounted (`-v`, then `--mount`,
+/// then `--tmpfs`), checked; no two at one place.
+pub fn requested(host: &super::config::HostConfig) -> Result<Vec<Requested>, EngineError> {
+    let mut out = Vec::new();
+    for text in host.binds.iter().flatten() {
+        out.push(Requested::Bind(parse_bind(text)?));
+    }
+    for m in host.mounts.iter().flatten() {
+        out.push(parse_mount(m)?);
+    }
+    for (destination, options) in host.tmpfs.iter().flatten() {
+        out.push(parse_tmpfs(destination, options)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in &out {
+        let place = r.destination().trim_end_matches('/');
+        if !seen.insert(if place.is_empty() { "/" } else { place }.to_owned()) {
+            return Err(EngineError::Invalid(format!(
+                "Duplicate mount point: {}",
+                r.destination()
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `-v` text as Docker reads it.
@@ -167,6 +333,21 @@ impl Volumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmpfs_options_override_the_defaults() {
+        let options = |text: &str| match parse_tmpfs("/t", text).unwrap() {
+            Requested::Tmpfs { options, .. } => options,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(options(""), ["noexec", "nosuid", "nodev"]);
+        assert_eq!(
+            options("exec,size=1m,size=2m"),
+            ["nosuid", "nodev", "exec", "size=2m"]
+        );
+        assert!(parse_tmpfs("t", "").is_err());
+        assert!(parse_tmpfs("/t", "uid=0,bogus").is_err());
+    }
 
     #[test]
     fn binds_parse_as_docker_reads_them() {

@@ -316,20 +316,25 @@ pub(super) fn inspect(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> 
     let c = engine.container(id)?;
     let r = c.record();
     let s = &r.state;
-    let mounts: Vec<Value> = r
-        .host_config
-        .binds
-        .iter()
-        .flatten()
-        .filter_map(|b| crate::engine::volumes::parse_bind(b).ok())
-        .map(|b| match b.source {
-            crate::engine::volumes::Source::Path(p) => json!({
-                "Type": "bind", "Source": p, "Destination": b.destination,
-                "Mode": "", "RW": !b.read_only, "Propagation": "rprivate"}),
-            crate::engine::volumes::Source::Volume(v) => json!({
-                "Type": "volume", "Name": v, "Source": engine.volumes.data(&v),
-                "Destination": b.destination, "Driver": "local", "Mode": "z",
-                "RW": !b.read_only, "Propagation": ""}),
+    use crate::engine::volumes::{Requested, Source};
+    let mounts: Vec<Value> = crate::engine::volumes::requested(&r.host_config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| match m {
+            Requested::Bind(b) => Some(match b.source {
+                Source::Path(p) => json!({
+                    "Type": "bind", "Source": p, "Destination": b.destination,
+                    "Mode": "", "RW": !b.read_only, "Propagation": "rprivate"}),
+                Source::Volume(v) => json!({
+                    "Type": "volume", "Name": v, "Source": engine.volumes.data(&v),
+                    "Destination": b.destination, "Driver": "local", "Mode": "z",
+                    "RW": !b.read_only, "Propagation": ""}),
+            }),
+            Requested::Tmpfs { destination, .. } => Some(json!({
+                "Type": "tmpfs", "Source": "", "Destination": destination,
+                "Mode": "", "RW": true, "Propagation": ""})),
+            // Listed with the container's other anonymous volumes, if at all.
+            Requested::Anonymous { .. } => None,
         })
         .collect();
     let mut config = serde_json::to_value(&r.config).unwrap_or(Value::Null);
