@@ -430,6 +430,112 @@ fn mount_and_tmpfs_options_mount_what_they_say() {
 }
 
 #[test]
+fn security_limit_and_name_options_apply() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let run = |opts: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(opts);
+        args.extend([image.as_str(), "sh", "-c", script]);
+        d.ok(&args)
+    };
+    let caps = "grep CapEff /proc/self/status | cut -f2";
+    // Docker's default set is 00000000a80425fb.
+    assert_eq!(run(&["--cap-drop", "chown"], caps), "00000000a80425fa\n");
+    assert_eq!(run(&["--cap-add", "NET_ADMIN"], caps), "00000000a80435fb\n");
+    assert_eq!(
+        run(
+            &["--cap-drop", "ALL"],
+            "touch /f; chown 5 /f 2>/dev/null && echo chowned || echo refused"
+        ),
+        "refused\n"
+    );
+    assert_eq!(
+        run(
+            &["--security-opt", "no-new-privileges"],
+            "grep NoNewPrivs /proc/self/status | cut -f2"
+        ),
+        "1\n"
+    );
+    assert_eq!(
+        run(&["--ulimit", "nofile=100:200"], "ulimit -n; ulimit -Hn"),
+        "100\n200\n"
+    );
+    assert_eq!(
+        run(
+            &["--pids-limit", "10"],
+            "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"
+        ),
+        "10\n"
+    );
+    assert!(run(&["--group-add", "10", "--group-add", "20"], "id").contains("groups=10,20"));
+    assert_eq!(
+        run(
+            &["--sysctl", "net.ipv4.ip_local_port_range=2000 3000"],
+            "cat /proc/sys/net/ipv4/ip_local_port_range"
+        ),
+        "2000\t3000\n"
+    );
+    let hosts = run(
+        &[
+            "--add-host",
+            "db.local:10.9.8.7",
+            "--add-host",
+            "me:host-gateway",
+        ],
+        "cat /etc/hosts",
+    );
+    assert!(hosts.contains("10.9.8.7\tdb.local\n"), "{hosts}");
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.ends_with("\tme") && !l.starts_with("host-gateway")),
+        "{hosts}"
+    );
+    let resolv = run(
+        &[
+            "--dns",
+            "9.9.9.9",
+            "--dns-search",
+            "example.com",
+            "--dns-option",
+            "ndots:2",
+        ],
+        "cat /etc/resolv.conf",
+    );
+    for line in [
+        "nameserver 9.9.9.9",
+        "search example.com",
+        "options ndots:2",
+    ] {
+        assert!(resolv.lines().any(|l| l == line), "{line}: {resolv}");
+    }
+    assert_eq!(resolv.matches("nameserver").count(), 1, "{resolv}");
+
+    // What this engine cannot do is refused, not ignored.
+    for (opts, says) in [
+        (
+            &["--privileged"][..],
+            "privileged containers are not supported",
+        ),
+        (&["--device", "/dev/null"], "--device is not supported"),
+        (&["--cap-add", "BOGUS"], "unknown capability"),
+        (
+            &["--security-opt", "apparmor=strict"],
+            "not supported by this engine",
+        ),
+    ] {
+        let mut args = vec!["create"];
+        args.extend_from_slice(opts);
+        args.extend([image.as_str(), "true"]);
+        let out = d.run(&args);
+        assert!(!out.status.success(), "{opts:?} was accepted");
+        assert!(text(&out).contains(says), "{opts:?}: {}", text(&out));
+    }
+}
+
+#[test]
 fn agent_restart_keeps_containers() {
     require_root();
     let mut d = Engine::start();

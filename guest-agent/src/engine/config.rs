@@ -78,9 +78,29 @@ pub struct HostConfig {
     /// `--tmpfs`: container path → mount options.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<BTreeMap<String, String>>,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
+    pub group_add: Option<Vec<String>>,
+    pub ulimits: Option<Vec<Ulimit>>,
+    pub pids_limit: Option<i64>,
+    pub sysctls: Option<BTreeMap<String, String>>,
+    pub extra_hosts: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
+    pub dns_search: Option<Vec<String>>,
+    pub dns_options: Option<Vec<String>>,
     /// Everything else the client sent, given back as it came.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// One `--ulimit NAME=SOFT[:HARD]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// One `--mount`, as `HostConfig.Mounts` has it.

@@ -573,6 +573,7 @@ impl Engine {
             ));
         }
         volumes::requested(&host_config)?;
+        spec::check(&host_config)?;
         for a in &attachments {
             let network = self.networks.find(&a.network).map_err(network_error)?;
             if !a.aliases.is_empty() && network.is_builtin() {
@@ -952,9 +953,24 @@ impl Engine {
             .iter()
             .find_map(|e| e.address)
             .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
-        let hosts = format!(
+        let mut hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
         );
+        let gateway = record.network.endpoints.iter().find_map(|e| e.gateway);
+        for (name, address) in spec::extra_hosts(&record.host_config)? {
+            let address = match address {
+                spec::HostAddress::Ip(ip) => ip.to_string(),
+                spec::HostAddress::Gateway => match gateway {
+                    Some(g) => g.to_string(),
+                    None => {
+                        return Err(EngineError::Invalid(format!(
+                            "--add-host {name}:host-gateway: the container has no gateway on its network"
+                        )))
+                    }
+                },
+            };
+            hosts.push_str(&format!("{address}\t{name}\n"));
+        }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolver = record
             .network
@@ -977,6 +993,7 @@ impl Engine {
             .map(|l| format!("{l}\n"))
             .chain(resolver.map(|r| format!("nameserver {r}\n")))
             .collect();
+        let resolv = spec::resolv_conf(&resolv, &record.host_config, resolver.is_some());
         let mut out = Vec::new();
         for (file, content) in [
             ("hostname", format!("{hostname}\n")),

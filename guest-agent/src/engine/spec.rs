@@ -13,8 +13,315 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use super::config::Record;
+use super::config::{HostConfig, Record};
 use super::EngineError;
+
+/// Every capability, by the name `--cap-add` takes (without `CAP_`).
+const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The capability `name` names (`chown`, `CHOWN` or `CAP_CHOWN`).
+fn capability(name: &str) -> Result<Capability, EngineError> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    serde_json::from_value(serde_json::Value::String(full))
+        .map_err(|_| EngineError::Invalid(format!("unknown capability: {name:?}")))
+}
+
+/// The capabilities after `--cap-add` and `--cap-drop`, as dockerd works
+/// them out: Docker's default set, less what is dropped (`ALL` drops
+/// every one), plus what is added (`ALL` adds every one).
+pub fn capabilities(
+    host: &HostConfig,
+) -> Result<std::collections::HashSet<Capability>, EngineError> {
+    let all = |list: &Option<Vec<String>>| {
+        list.iter()
+            .flatten()
+            .any(|c| c.eq_ignore_ascii_case("ALL") || c.eq_ignore_ascii_case("CAP_ALL"))
+    };
+    let mut caps: std::collections::HashSet<Capability> = if all(&host.cap_drop) {
+        Default::default()
+    } else {
+        CAPABILITIES.into_iter().collect()
+    };
+    for name in host
+        .cap_drop
+        .iter()
+        .flatten()
+        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
+    {
+        caps.remove(&capability(name)?);
+    }
+    if all(&host.cap_add) {
+        // Those this runtime's oci-spec knows.
+        caps.extend(ALL_CAPABILITIES.iter().filter_map(|c| capability(c).ok()));
+    }
+    for name in host
+        .cap_add
+        .iter()
+        .flatten()
+        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
+    {
+        caps.insert(capability(name)?);
+    }
+    Ok(caps)
+}
+
+/// Whether `--security-opt` asks for no new privileges; other options
+/// than those this engine has nothing to do with are refused.
+fn no_new_privileges(host: &HostConfig) -> Result<bool, EngineError> {
+    let mut set = false;
+    for opt in host.security_opt.iter().flatten() {
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map_or((opt.as_str(), "true"), |(k, v)| (k, v));
+        match key {
+            "no-new-privileges" => {
+                set = value.parse::<bool>().map_err(|_| {
+                    EngineError::Invalid(format!("invalid --security-opt {opt:?}: true or false"))
+                })?
+            }
+            // No LSM confinement or seccomp filter is applied here; asking
+            // for none is asking for what is.
+            "seccomp" | "apparmor" | "label" if value == "unconfined" || value == "disable" => {}
+            _ => {
+                return Err(EngineError::Invalid(format!(
+                    "--security-opt {opt:?} is not supported by this engine"
+                )))
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// `--ulimit`s as the spec's rlimits.
+fn rlimits(host: &HostConfig) -> Result<Vec<oci_spec::runtime::PosixRlimit>, EngineError> {
+    let mut out = Vec::new();
+    for u in host.ulimits.iter().flatten() {
+        let typ: oci_spec::runtime::PosixRlimitType = serde_json::from_value(
+            serde_json::Value::String(format!("RLIMIT_{}", u.name.to_ascii_uppercase())),
+        )
+        .map_err(|_| EngineError::Invalid(format!("invalid ulimit type: {}", u.name)))?;
+        let (Ok(soft), Ok(hard)) = (u64::try_from(u.soft), u64::try_from(u.hard)) else {
+            return Err(EngineError::Invalid(format!(
+                "invalid ulimit {}: limits must not be negative",
+                u.name
+            )));
+        };
+        if soft > hard {
+            return Err(EngineError::Invalid(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            )));
+        }
+        out.push(
+            oci_spec::runtime::PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    Ok(out)
+}
+
+/// `--sysctl`s, which must be of the container's own namespaces (those
+/// of its network only when it has one of its own).
+fn sysctls(host: &HostConfig) -> Result<std::collections::HashMap<String, String>, EngineError> {
+    let mut out = std::collections::HashMap::new();
+    for (key, value) in host.sysctls.iter().flatten() {
+        let ipc = [
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+        ]
+        .contains(&key.as_str())
+            || key.starts_with("fs.mqueue.");
+        let net = key.starts_with("net.");
+        if net && host.network_mode == "host" {
+            return Err(EngineError::Invalid(format!(
+                "sysctl {key:?} is not allowed when using the host's network"
+            )));
+        }
+        if !(ipc || net) || key.contains("..") || key.contains('/') {
+            return Err(EngineError::Invalid(format!(
+                "sysctl {key:?} is not allowed: only namespaced ones (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)"
+            )));
+        }
+        out.insert(key.clone(), value.clone());
+    }
+    Ok(out)
+}
+
+/// The `--group-add` groups, by number or by name in the rootfs's
+/// `/etc/group`.
+fn added_groups(rootfs: &Path, host: &HostConfig) -> Result<Vec<u32>, EngineError> {
+    let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    host.group_add
+        .iter()
+        .flatten()
+        .map(|g| match g.parse::<u32>() {
+            Ok(n) => Ok(n),
+            Err(_) => groups
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.first() == Some(&g.as_str()))
+                .and_then(|f| f.get(2)?.parse().ok())
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "unable to find group {g}: no matching entries in group file"
+                    ))
+                }),
+        })
+        .collect()
+}
+
+/// Where an `--add-host` name points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAddress {
+    /// An address.
+    Ip(std::net::IpAddr),
+    /// `host-gateway`: the container's gateway, which is this host.
+    Gateway,
+}
+
+/// The `--add-host NAME:ADDRESS` entries.
+pub fn extra_hosts(host: &HostConfig) -> Result<Vec<(String, HostAddress)>, EngineError> {
+    host.extra_hosts
+        .iter()
+        .flatten()
+        .map(|entry| {
+            let invalid =
+                || EngineError::Invalid(format!("invalid IP address in add-host: {entry:?}"));
+            let (name, address) = entry.split_once([':', '=']).ok_or_else(invalid)?;
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(invalid());
+            }
+            let address = if address == "host-gateway" {
+                HostAddress::Gateway
+            } else {
+                HostAddress::Ip(
+                    address
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse()
+                        .map_err(|_| invalid())?,
+                )
+            };
+            Ok((name.to_owned(), address))
+        })
+        .collect()
+}
+
+/// `resolv` with `--dns`, `--dns-search` and `--dns-option` applied: each
+/// replaces the lines of its kind. With a network `resolver` the
+/// nameserver stays that resolver.
+pub fn resolv_conf(resolv: &str, host: &HostConfig, resolver: bool) -> String {
+    let given = |list: &Option<Vec<String>>| list.as_ref().filter(|l| !l.is_empty()).cloned();
+    let servers = given(&host.dns).filter(|_| !resolver);
+    let search = given(&host.dns_search);
+    let options = given(&host.dns_options);
+    let mut out: String = resolv
+        .lines()
+        .filter(|l| {
+            !(servers.is_some() && l.starts_with("nameserver")
+                || search.is_some() && (l.starts_with("search") || l.starts_with("domain"))
+                || options.is_some() && l.starts_with("options"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for s in servers.iter().flatten() {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if let Some(search) = search.filter(|s| s.iter().any(|d| d != ".")) {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if let Some(options) = options {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+/// Checks at create what the spec is made of later: the options that do
+/// not depend on the image.
+pub fn check(host: &HostConfig) -> Result<(), EngineError> {
+    if host.privileged {
+        return Err(EngineError::Invalid(
+            "privileged containers are not supported by this engine".into(),
+        ));
+    }
+    if host
+        .other
+        .get("Devices")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|d| !d.is_empty())
+    {
+        return Err(EngineError::Invalid(
+            "--device is not supported by this engine".into(),
+        ));
+    }
+    capabilities(host)?;
+    no_new_privileges(host)?;
+    rlimits(host)?;
+    sysctls(host)?;
+    extra_hosts(host)?;
+    for server in host.dns.iter().flatten() {
+        server
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| EngineError::Invalid(format!("{server} is not an ip address (--dns)")))?;
+    }
+    Ok(())
+}
 
 /// The PATH a container gets when neither it nor its image sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -185,7 +492,12 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
     } else {
         &config.user
     };
-    let (uid, gid, additional) = resolve_user(inputs.rootfs, user)?;
+    let (uid, gid, mut additional) = resolve_user(inputs.rootfs, user)?;
+    for g in added_groups(inputs.rootfs, &record.host_config)? {
+        if !additional.contains(&g) {
+            additional.push(g);
+        }
+    }
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else if !inputs.image_workdir.is_empty() {
@@ -195,7 +507,7 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
     };
     let mut args = vec![record.path.clone()];
     args.extend(record.args.iter().cloned());
-    let caps: std::collections::HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let caps = capabilities(&record.host_config)?;
     let mut capabilities = oci_spec::runtime::LinuxCapabilities::default();
     capabilities
         .set_bounding(Some(caps.clone()))
@@ -217,10 +529,15 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
                 .map_err(invalid)?,
         )
         .capabilities(capabilities)
-        .no_new_privileges(false)
+        .no_new_privileges(no_new_privileges(&record.host_config)?)
         .build()
         .map_err(invalid)?;
-    process.set_rlimits(None);
+    let limits = rlimits(&record.host_config)?;
+    process.set_rlimits(if limits.is_empty() {
+        None
+    } else {
+        Some(limits)
+    });
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
     let mut extra = Vec::new();
@@ -286,6 +603,14 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
         cpu = cpu.shares(host.cpu_shares as u64);
     }
     resources = resources.cpu(cpu.build().map_err(invalid)?);
+    if let Some(limit) = host.pids_limit.filter(|l| *l > 0) {
+        resources = resources.pids(
+            oci_spec::runtime::LinuxPidsBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
 
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -304,6 +629,7 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
         .resources(resources.build().map_err(invalid)?)
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+        .sysctl(sysctls(host)?)
         .build()
         .map_err(invalid)?;
 

@@ -107,12 +107,6 @@ fn setup(ctx: InitContext<'_>) -> Result<Infallible, RuntimeError> {
             nix::unistd::sethostname(hostname).map_err(RuntimeError::sys("set the hostname"))?;
         }
     }
-    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
-        for (key, value) in sysctl {
-            let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-            fs::write(&path, value).map_err(RuntimeError::io(format!("set sysctl {key}")))?;
-        }
-    }
     let exec = Prepared::new(process, spec)?;
     sync::send(ctx.sync, "ready");
     // Blocks until `start` opens the FIFO for reading.

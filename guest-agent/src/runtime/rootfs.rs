@@ -401,6 +401,12 @@ pub fn enter(rootfs: &Path, spec: &Spec) -> Result<(), RuntimeError> {
     )
     .map_err(RuntimeError::sys("set the rootfs propagation"))?;
     if let Some(linux) = linux {
+        // While /proc/sys is still writable: it is among the read-only
+        // paths.
+        for (key, value) in linux.sysctl().iter().flatten() {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(RuntimeError::io(format!("set sysctl {key}")))?;
+        }
         for path in linux.masked_paths().as_deref().unwrap_or_default() {
             mask(Path::new(path))?;
         }
