@@ -535,6 +535,127 @@ fn security_limit_and_name_options_apply() {
     }
 }
 
+/// Waits until `docker inspect -f FORMAT name` prints `want`.
+fn wait_for_inspect(d: &Engine, name: &str, format: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = d.ok(&["inspect", "-f", format, name]);
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {format} is {got:?}, not {want:?}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_checks_run_and_count_as_dockerd_counts_them() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "probed",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        &image,
+        "sleep",
+        "1000",
+    ]);
+    let status = "{{.State.Health.Status}}";
+    wait_for_inspect(&d, "probed", status, "unhealthy");
+    d.ok(&["exec", "probed", "touch", "/tmp/ok"]);
+    wait_for_inspect(&d, "probed", status, "healthy");
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Health.FailingStreak}}", "probed"])
+            .trim(),
+        "0"
+    );
+    let last = d.ok(&[
+        "inspect",
+        "-f",
+        "{{(index .State.Health.Log 0).ExitCode}}",
+        "probed",
+    ]);
+    assert!(matches!(last.trim(), "0" | "1"), "{last}");
+    let ps = d.ok(&[
+        "ps",
+        "--filter",
+        "health=healthy",
+        "--format",
+        "{{.Names}} {{.Status}}",
+    ]);
+    assert!(
+        ps.starts_with("probed Up ") && ps.trim().ends_with("(healthy)"),
+        "{ps}"
+    );
+    assert_eq!(d.ok(&["ps", "-q", "--filter", "health=unhealthy"]), "");
+
+    // The image's HEALTHCHECK, and --no-healthcheck.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {image}\nHEALTHCHECK --interval=100ms CMD true\n"),
+    )
+    .unwrap();
+    let built = d
+        .command(&[
+            "build",
+            "-q",
+            "-t",
+            "local/checked",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built));
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "checked",
+        "local/checked",
+        "sleep",
+        "1000",
+    ]);
+    wait_for_inspect(&d, "checked", status, "healthy");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "unchecked",
+        "--no-healthcheck",
+        "local/checked",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Health}}", "unchecked"])
+            .trim(),
+        "<nil>"
+    );
+    let bad = d.run(&[
+        "create",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1us",
+        &image,
+    ]);
+    assert!(!bad.status.success());
+}
+
 #[test]
 fn agent_restart_keeps_containers() {
     require_root();

@@ -36,6 +36,8 @@ pub struct ContainerConfig {
     pub entrypoint: Option<Vec<String>>,
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<super::health::HealthConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<i64>,
@@ -217,6 +219,9 @@ pub struct State {
     /// and for not restarting what was asked to stop.
     pub stopped_by_user: bool,
     pub oom_killed: bool,
+    /// The health check's standing, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::Health>,
 }
 
 impl Default for State {
@@ -230,6 +235,7 @@ impl Default for State {
             finished_at: None,
             stopped_by_user: false,
             oom_killed: false,
+            health: None,
         }
     }
 }

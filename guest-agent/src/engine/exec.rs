@@ -118,6 +118,14 @@ pub struct Execs {
 }
 
 impl Execs {
+    /// Forgets instance `id` (the engine's own, once done with).
+    pub(super) fn forget(&self, id: &str) {
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     /// Forgets the instances of containers that are gone.
     fn prune(&self, alive: impl Fn(&str) -> bool) {
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());

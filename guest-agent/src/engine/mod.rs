@@ -24,6 +24,7 @@ pub mod commit;
 pub mod config;
 pub mod exec;
 pub mod frame;
+pub mod health;
 pub mod logs;
 pub mod names;
 pub mod procs;
@@ -574,6 +575,9 @@ impl Engine {
         }
         volumes::requested(&host_config)?;
         spec::check(&host_config)?;
+        if let Some(check) = &config.healthcheck {
+            health::check(check)?;
+        }
         for a in &attachments {
             let network = self.networks.find(&a.network).map_err(network_error)?;
             if !a.aliases.is_empty() && network.is_builtin() {
@@ -843,7 +847,26 @@ impl Engine {
         let record = container.record();
         self.save(container)?;
         self.emit_container("start", &record, &[]);
+        self.start_health(container);
         Ok(())
+    }
+
+    /// Starts container `container`'s health check for its run, if it has
+    /// one (its own or its image's).
+    fn start_health(self: &Arc<Self>, container: &Arc<Container>) {
+        let record = container.record();
+        let image = self
+            .store
+            .read_blob(&record.image.config)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| serde_json::from_value(c["config"]["Healthcheck"].clone()).ok());
+        match health::effective(record.config.healthcheck.as_ref(), image.as_ref()) {
+            Some(check) => self.watch_health(container.clone(), check),
+            None => {
+                container.update(|r| r.state.health = None);
+            }
+        }
     }
 
     /// Mounts for the container's binds and volumes.
@@ -1602,7 +1625,8 @@ impl Engine {
                 Ok(stream) => {
                     info!(container = %record.id, "reconnected to its shim");
                     self.renew_network(&container).await;
-                    self.attach_shim(container, stream, None);
+                    self.attach_shim(container.clone(), stream, None);
+                    self.start_health(&container);
                 }
                 Err(_) => {
                     let exit = read_exit(&path).await;

@@ -123,7 +123,15 @@ fn status_text(c: &Container) -> String {
     let r = c.record();
     match r.state.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", ago(r.state.started_at.as_deref())),
+        Status::Running => {
+            let health = match r.state.health.as_ref().map(|h| h.status.as_str()) {
+                Some("starting") => " (health: starting)",
+                Some("healthy") => " (healthy)",
+                Some("unhealthy") => " (unhealthy)",
+                _ => "",
+            };
+            format!("Up {}{health}", ago(r.state.started_at.as_deref()))
+        }
         Status::Paused => format!("Up {} (Paused)", ago(r.state.started_at.as_deref())),
         Status::Restarting => format!(
             "Restarting ({}) {} ago",
@@ -284,6 +292,13 @@ fn matches(c: &Container, filters: &[(String, String)]) -> bool {
             },
             "ancestor" => r.image_name == *v || r.image.config.to_string().contains(v),
             "exited" => r.state.status == Status::Exited && r.state.exit_code.to_string() == *v,
+            "health" => {
+                r.state
+                    .health
+                    .as_ref()
+                    .map_or("none", |h| h.status.as_str())
+                    == *v
+            }
             _ => true,
         })
     })
@@ -358,6 +373,7 @@ pub(super) fn inspect(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> 
                 "Error": s.error,
                 "StartedAt": s.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
                 "FinishedAt": s.finished_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+                "Health": s.health,
             },
             "Image": r.image.config.to_string(),
             "ResolvConfPath": c.dir().join("resolv.conf"),
