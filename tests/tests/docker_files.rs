@@ -1,5 +1,5 @@
-//! `docker cp` both ways, `top`, `stats --no-stream`, `pause`/`unpause`
-//! through the stock CLI.
+//! `docker cp` both ways, `diff`, `export`, `top`, `stats --no-stream`,
+//! `pause`/`unpause` through the stock CLI.
 
 use std::time::{Duration, Instant};
 
@@ -204,4 +204,81 @@ fn top_stats_pause_and_unpause() {
     );
     let out = d.run(&["top", "busy"]);
     assert!(text(&out).contains("is not running"), "{}", text(&out));
+}
+
+#[test]
+fn diff_and_export_show_what_the_container_has() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "changed",
+        &image,
+        "sh",
+        "-c",
+        "mkdir /home/me && echo hi > /home/me/f && rm /bin/yes && echo more >> /etc/group && touch /tmp/done && sleep 1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let diff = loop {
+        let diff = d.ok(&["diff", "changed"]);
+        if diff.contains("A /tmp/done") {
+            break diff;
+        }
+        assert!(Instant::now() < deadline, "the script did not run: {diff}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = diff.lines().collect();
+    for want in [
+        "C /bin",
+        "D /bin/yes",
+        "C /etc",
+        "C /etc/group",
+        "C /home",
+        "A /home/me",
+        "A /home/me/f",
+        "C /tmp",
+    ] {
+        assert!(lines.contains(&want), "{want} not in:\n{diff}");
+    }
+    // The runtime's mount points are not changes.
+    assert!(
+        !diff.contains("/etc/hosts") && !diff.contains("/proc"),
+        "{diff}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("changed.tar");
+    d.ok(&["export", "-o", tar.to_str().unwrap(), "changed"]);
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+    let mut content = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let name = name.trim_start_matches("./").to_owned();
+        if name == "home/me/f" {
+            std::io::Read::read_to_string(&mut entry, &mut content).unwrap();
+        }
+        names.push(name);
+    }
+    assert_eq!(content, "hi\n");
+    assert!(names.iter().any(|n| n == "bin/busybox"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "bin/yes"),
+        "a deleted file was exported"
+    );
+    // A stopped container exports and diffs too.
+    d.ok(&["kill", "changed"]);
+    let stopped = work.path().join("stopped.tar");
+    d.ok(&["export", "-o", stopped.to_str().unwrap(), "changed"]);
+    assert_eq!(
+        std::fs::metadata(&stopped).unwrap().len(),
+        std::fs::metadata(&tar).unwrap().len()
+    );
+    assert_eq!(d.ok(&["diff", "changed"]), diff);
+    let out = d.run(&["diff", "nothing"]);
+    assert!(text(&out).contains("No such container"), "{}", text(&out));
 }

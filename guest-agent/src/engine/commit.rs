@@ -62,6 +62,21 @@ impl Engine {
         .map_err(EngineError::from)
     }
 
+    /// `docker diff`: what the container changed on its image's layers.
+    pub async fn changes(&self, key: &str) -> Result<Vec<(PathBuf, commit::Change)>, EngineError> {
+        let container = self.container(key)?;
+        let record = container.record();
+        let lowers = self.store.lowers(&record.image)?;
+        let dir = container.dir().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let skip = mount_points(&dir.join("bundle/config.json"));
+            commit::changes(&dir.join("upper"), &lowers, &skip)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(EngineError::from)
+    }
+
     /// `docker commit`: the container's changes on its image, with its
     /// config (and the request's) as the new image's; kept by id.
     pub async fn commit(

@@ -141,6 +141,18 @@ fn duration(nanos: i64, default: Duration) -> Duration {
         .map_or(default, Duration::from_nanos)
 }
 
+/// The first [`OUTPUT_LIMIT`] bytes of `stream`; the rest is read and
+/// dropped, so the check never blocks on a full pipe.
+async fn head(stream: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    if let Some(stream) = stream {
+        let mut limited = stream.take(OUTPUT_LIMIT as u64);
+        let _ = limited.read_to_end(&mut kept).await;
+        let _ = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await;
+    }
+    kept
+}
+
 impl Engine {
     /// Runs `check` on `container` for as long as its current run lasts.
     pub(super) fn watch_health(self: &Arc<Self>, container: Arc<Container>, check: HealthConfig) {
@@ -237,15 +249,10 @@ impl Engine {
         };
         let run = async {
             let io = self.exec_start(&id).await?;
-            let mut output = Vec::new();
-            for stream in [io.stdout, io.stderr].into_iter().flatten() {
-                let mut kept = Vec::new();
-                let mut limited = stream.take(OUTPUT_LIMIT as u64);
-                let _ = limited.read_to_end(&mut kept).await;
-                // The rest is read and dropped, so the check never blocks.
-                let _ = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await;
-                output.extend(kept);
-            }
+            // Both at once: a check that fills one pipe while the other is
+            // read would never end.
+            let (mut output, errors) = tokio::join!(head(io.stdout), head(io.stderr));
+            output.extend(errors);
             let exec = self.exec(&id)?;
             let mut state = exec.watch();
             let code = state

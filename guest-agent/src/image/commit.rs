@@ -85,6 +85,66 @@ fn walk(root: &Path, rel: &Path, depth: usize, out: &mut Vec<Entry>) -> Result<(
     Ok(())
 }
 
+/// How a path changed, as `docker diff` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `C`: there below, changed above.
+    Modified = 0,
+    /// `A`: new.
+    Added = 1,
+    /// `D`: removed (a whiteout).
+    Deleted = 2,
+}
+
+/// What the upper directory `upper` changed on the layers `lowers` (top
+/// first): each path, sorted, with how. Directories count as changed only
+/// when something in them did; mount points the runtime made (`skip`) do
+/// not count.
+pub fn changes(
+    upper: &Path,
+    lowers: &[PathBuf],
+    skip: &[PathBuf],
+) -> Result<Vec<(PathBuf, Change)>, ImageError> {
+    let mut entries = Vec::new();
+    walk(upper, Path::new(""), 0, &mut entries)?;
+    let below = |rel: &Path| {
+        lowers
+            .iter()
+            .any(|l| fs::symlink_metadata(l.join(rel)).is_ok())
+    };
+    let mut out: std::collections::BTreeMap<PathBuf, Change> = Default::default();
+    for entry in &entries {
+        if is_placeholder(entry, upper, skip) {
+            continue;
+        }
+        let kind = if entry.meta.file_type().is_char_device() && entry.meta.rdev() == 0 {
+            Change::Deleted
+        } else if !below(&entry.rel) {
+            Change::Added
+        } else if entry.meta.is_dir() {
+            // Copied up for what is in it: said below, for its parents.
+            continue;
+        } else {
+            Change::Modified
+        };
+        out.insert(entry.rel.clone(), kind);
+    }
+    let parents: Vec<PathBuf> = out
+        .keys()
+        .flat_map(|p| {
+            p.ancestors()
+                .skip(1)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    for parent in parents {
+        out.entry(parent).or_insert(Change::Modified);
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// Whether an entry is a mount point the runtime made and nothing wrote
 /// to: an empty file or directory at one of `skip`.
 fn is_placeholder(entry: &Entry, root: &Path, skip: &[PathBuf]) -> bool {

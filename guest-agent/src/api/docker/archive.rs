@@ -66,6 +66,39 @@ pub(super) async fn get(
         .expect("valid response"))
 }
 
+/// `docker export`: the container's file system as a tar.
+pub(super) async fn export(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> {
+    let (tx, rx) = mpsc::channel(8);
+    let writer = std::io::BufWriter::with_capacity(256 << 10, ChannelWriter(tx));
+    let (_, task) = engine.archive_get(id, "/.", writer).await?;
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            tracing::debug!("docker export: {e}");
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/x-tar")
+        .body(channel_body(rx))
+        .expect("valid response"))
+}
+
+/// `docker diff`: `[{"Path": "/etc", "Kind": 0}, …]`.
+pub(super) async fn changes(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> {
+    let changes: Vec<serde_json::Value> = engine
+        .changes(id)
+        .await?
+        .into_iter()
+        .map(|(path, kind)| {
+            serde_json::json!({
+                "Path": format!("/{}", path.display()),
+                "Kind": kind as u8,
+            })
+        })
+        .collect();
+    Ok(super::json(StatusCode::OK, &changes))
+}
+
 pub(super) async fn put(
     engine: &Arc<Engine>,
     id: &str,

@@ -539,6 +539,8 @@ async fn dispatch(
         (&M::POST, ["containers", id, "resize"]) => containers::resize(engine, id, &req),
         (&M::HEAD, ["containers", id, "archive"]) => archive::stat(engine, id, &req).await,
         (&M::GET, ["containers", id, "archive"]) => archive::get(engine, id, &req).await,
+        (&M::GET, ["containers", id, "export"]) => archive::export(engine, id).await,
+        (&M::GET, ["containers", id, "changes"]) => archive::changes(engine, id).await,
         (&M::PUT, ["containers", id, "archive"]) => archive::put(engine, id, req).await,
         (&M::POST, ["containers", id, "pause"]) => procs::pause(engine, id).await,
         (&M::POST, ["containers", id, "unpause"]) => procs::unpause(engine, id).await,
