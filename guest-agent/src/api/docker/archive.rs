@@ -50,37 +50,41 @@ pub(super) async fn get(
     id: &str,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>> {
-    let (tx, rx) = mpsc::channel(8);
-    let writer = std::io::BufWriter::with_capacity(256 << 10, ChannelWriter(tx));
-    let (stat, task) = engine.archive_get(id, &path_of(req)?, writer).await?;
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = task.await {
-            tracing::debug!("docker cp from the container: {e}");
-        }
-    });
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header("Content-Type", "application/x-tar")
-        .header(STAT_HEADER, stat_header(&stat))
-        .body(channel_body(rx))
-        .expect("valid response"))
+    let (stat, mut response) =
+        tar_of(engine, id, &path_of(req)?, "docker cp from the container").await?;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&stat_header(&stat)) {
+        response.headers_mut().insert(STAT_HEADER, value);
+    }
+    Ok(response)
 }
 
 /// `docker export`: the container's file system as a tar.
 pub(super) async fn export(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> {
+    Ok(tar_of(engine, id, "/.", "docker export").await?.1)
+}
+
+/// A response streaming the tar of `path` in container `id`, with the
+/// path's stat; a failure midway is logged as `what`'s.
+async fn tar_of(
+    engine: &Arc<Engine>,
+    id: &str,
+    path: &str,
+    what: &'static str,
+) -> Result<(PathStat, Response<Body>)> {
     let (tx, rx) = mpsc::channel(8);
     let writer = std::io::BufWriter::with_capacity(256 << 10, ChannelWriter(tx));
-    let (_, task) = engine.archive_get(id, "/.", writer).await?;
+    let (stat, task) = engine.archive_get(id, path, writer).await?;
     tokio::spawn(async move {
         if let Ok(Err(e)) = task.await {
-            tracing::debug!("docker export: {e}");
+            tracing::debug!("{what}: {e}");
         }
     });
-    Ok(Response::builder()
+    let response = Response::builder()
         .status(StatusCode::OK)
         .header("Content-Type", "application/x-tar")
         .body(channel_body(rx))
-        .expect("valid response"))
+        .expect("valid response");
+    Ok((stat, response))
 }
 
 /// `docker diff`: `[{"Path": "/etc", "Kind": 0}, …]`.
