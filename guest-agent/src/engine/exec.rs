@@ -387,7 +387,8 @@ impl Engine {
         }
         if !config.user.is_empty() {
             let rootfs = container.dir().join("bundle/rootfs");
-            let (uid, gid, additional) = spec::resolve_user(&rootfs, &config.user)?;
+            let group_add = container.record().host_config.group_add.unwrap_or_default();
+            let (uid, gid, additional) = spec::resolve_user(&rootfs, &config.user, &group_add)?;
             let user = process.user_mut();
             user.set_uid(uid);
             user.set_gid(gid);

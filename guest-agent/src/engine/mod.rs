@@ -747,7 +747,7 @@ impl Engine {
         let image_cfg = image_config.config.config().clone().unwrap_or_default();
         let netns = self.plug(container, &image_cfg).await?;
         let record = container.record();
-        let mut binds = self.binds(&record, &image_cfg)?;
+        let (mut binds, tmpfs) = self.mounts(&record, &image_cfg)?;
         binds.extend(self.etc_files(&record)?);
         let spec = spec::build(
             &record,
@@ -757,7 +757,7 @@ impl Engine {
                 image_workdir: image_cfg.working_dir().as_deref().unwrap_or_default(),
                 image_user: image_cfg.user().as_deref().unwrap_or_default(),
                 binds: &binds,
-                tmpfs: &Self::tmpfs(&record)?,
+                tmpfs: &tmpfs,
                 hostname: &record.config.hostname,
             },
         )?;
@@ -869,13 +869,15 @@ impl Engine {
         }
     }
 
-    /// Mounts for the container's binds and volumes.
-    fn binds(
+    /// What the container mounts besides the defaults: binds and volumes
+    /// (`-v`, `--mount`, VOLUME), and tmpfs mounts.
+    fn mounts(
         &self,
         record: &Record,
         image_cfg: &oci_spec::image::Config,
-    ) -> Result<Vec<spec::Bind>, EngineError> {
+    ) -> Result<(Vec<spec::Bind>, Vec<spec::Tmpfs>), EngineError> {
         let mut out = Vec::new();
+        let mut tmpfs = Vec::new();
         let mut covered = std::collections::HashSet::new();
         let mut anonymous = Vec::new();
         for requested in volumes::requested(&record.host_config)? {
@@ -885,9 +887,15 @@ impl Engine {
                     anonymous.push(destination);
                     continue;
                 }
-                // Mounted by the spec itself (see [`Engine::tmpfs`]).
-                volumes::Requested::Tmpfs { destination, .. } => {
-                    covered.insert(destination);
+                volumes::Requested::Tmpfs {
+                    destination,
+                    options,
+                } => {
+                    covered.insert(destination.clone());
+                    tmpfs.push(spec::Tmpfs {
+                        destination,
+                        options,
+                    });
                     continue;
                 }
             };
@@ -942,24 +950,7 @@ impl Engine {
                 read_only: false,
             });
         }
-        Ok(out)
-    }
-
-    /// The container's tmpfs mounts (`--tmpfs`, `--mount type=tmpfs`).
-    fn tmpfs(record: &Record) -> Result<Vec<spec::Tmpfs>, EngineError> {
-        Ok(volumes::requested(&record.host_config)?
-            .into_iter()
-            .filter_map(|r| match r {
-                volumes::Requested::Tmpfs {
-                    destination,
-                    options,
-                } => Some(spec::Tmpfs {
-                    destination,
-                    options,
-                }),
-                _ => None,
-            })
-            .collect())
+        Ok((out, tmpfs))
     }
 
     /// The container's `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`.

@@ -203,29 +203,6 @@ fn sysctls(host: &HostConfig) -> Result<std::collections::HashMap<String, String
     Ok(out)
 }
 
-/// The `--group-add` groups, by number or by name in the rootfs's
-/// `/etc/group`.
-fn added_groups(rootfs: &Path, host: &HostConfig) -> Result<Vec<u32>, EngineError> {
-    let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
-    host.group_add
-        .iter()
-        .flatten()
-        .map(|g| match g.parse::<u32>() {
-            Ok(n) => Ok(n),
-            Err(_) => groups
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.first() == Some(&g.as_str()))
-                .and_then(|f| f.get(2)?.parse().ok())
-                .ok_or_else(|| {
-                    EngineError::Invalid(format!(
-                        "unable to find group {g}: no matching entries in group file"
-                    ))
-                }),
-        })
-        .collect()
-}
-
 /// Where an `--add-host` name points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostAddress {
@@ -391,7 +368,11 @@ pub fn environment(image_env: &[String], record: &Record, hostname: &str) -> Vec
 
 /// Resolves `user` (`name`, `uid`, `name:group`, `uid:gid`) against the
 /// rootfs's `/etc/passwd` and `/etc/group`: (uid, gid, additional gids).
-pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), EngineError> {
+pub fn resolve_user(
+    rootfs: &Path,
+    user: &str,
+    group_add: &[String],
+) -> Result<(u32, u32, Vec<u32>), EngineError> {
     let (user_part, group_part) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -406,6 +387,21 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), E
     };
     let passwd = entries(&passwd);
     let groups = entries(&groups);
+    let gid_of = |group: &str| -> Result<u32, EngineError> {
+        match group.parse::<u32>() {
+            Ok(g) => Ok(g),
+            Err(_) => groups
+                .iter()
+                .find(|g| g.first().map(String::as_str) == Some(group))
+                .and_then(|g| g.get(2))
+                .and_then(|g| g.parse().ok())
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "unable to find group {group}: no matching entries in group file"
+                    ))
+                }),
+        }
+    };
     let (uid, mut gid, name) = if user_part.is_empty() {
         (0, 0, "root".to_owned())
     } else if let Ok(uid) = user_part.parse::<u32>() {
@@ -435,21 +431,9 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), E
         )
     };
     if let Some(group) = group_part {
-        gid = match group.parse::<u32>() {
-            Ok(g) => g,
-            Err(_) => groups
-                .iter()
-                .find(|g| g.first().map(String::as_str) == Some(group))
-                .and_then(|g| g.get(2))
-                .and_then(|g| g.parse().ok())
-                .ok_or_else(|| {
-                    EngineError::Invalid(format!(
-                        "unable to find group {group}: no matching entries in group file"
-                    ))
-                })?,
-        };
+        gid = gid_of(group)?;
     }
-    let additional = groups
+    let mut additional: Vec<u32> = groups
         .iter()
         .filter(|g| {
             !name.is_empty()
@@ -459,6 +443,13 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), E
         .filter_map(|g| g.get(2).and_then(|v| v.parse().ok()))
         .filter(|g| *g != gid)
         .collect();
+    // `--group-add`, by number or by name.
+    for group in group_add {
+        let g = gid_of(group)?;
+        if !additional.contains(&g) {
+            additional.push(g);
+        }
+    }
     Ok((uid, gid, additional))
 }
 
@@ -492,12 +483,8 @@ pub fn build(record: &Record, inputs: &Inputs<'_>) -> Result<Spec, EngineError> 
     } else {
         &config.user
     };
-    let (uid, gid, mut additional) = resolve_user(inputs.rootfs, user)?;
-    for g in added_groups(inputs.rootfs, &record.host_config)? {
-        if !additional.contains(&g) {
-            additional.push(g);
-        }
-    }
+    let group_add = record.host_config.group_add.as_deref().unwrap_or_default();
+    let (uid, gid, additional) = resolve_user(inputs.rootfs, user, group_add)?;
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else if !inputs.image_workdir.is_empty() {
@@ -669,19 +656,32 @@ mod tests {
             "root:x:0:\nusers:x:100:me\nme:x:1000:\n",
         )
         .unwrap();
-        assert_eq!(resolve_user(dir.path(), "").unwrap(), (0, 0, vec![]));
+        assert_eq!(resolve_user(dir.path(), "", &[]).unwrap(), (0, 0, vec![]));
         assert_eq!(
-            resolve_user(dir.path(), "me").unwrap(),
+            resolve_user(dir.path(), "me", &[]).unwrap(),
             (1000, 1000, vec![100])
         );
         assert_eq!(
-            resolve_user(dir.path(), "1000").unwrap(),
+            resolve_user(dir.path(), "1000", &[]).unwrap(),
             (1000, 1000, vec![100])
         );
-        assert_eq!(resolve_user(dir.path(), "4242").unwrap(), (4242, 0, vec![]));
-        assert_eq!(resolve_user(dir.path(), "nobody:users").unwrap().1, 100);
-        assert_eq!(resolve_user(dir.path(), "me:77").unwrap().1, 77);
-        assert!(resolve_user(dir.path(), "ghost").is_err());
-        assert!(resolve_user(dir.path(), "me:ghosts").is_err());
+        assert_eq!(
+            resolve_user(dir.path(), "4242", &[]).unwrap(),
+            (4242, 0, vec![])
+        );
+        assert_eq!(
+            resolve_user(dir.path(), "nobody:users", &[]).unwrap().1,
+            100
+        );
+        assert_eq!(resolve_user(dir.path(), "me:77", &[]).unwrap().1, 77);
+        assert!(resolve_user(dir.path(), "ghost", &[]).is_err());
+        assert!(resolve_user(dir.path(), "me:ghosts", &[]).is_err());
+        // --group-add, by name or number, once each.
+        let add = ["users".to_owned(), "5".to_owned()];
+        assert_eq!(
+            resolve_user(dir.path(), "me", &add).unwrap(),
+            (1000, 1000, vec![100, 5])
+        );
+        assert!(resolve_user(dir.path(), "", &["ghosts".to_owned()]).is_err());
     }
 }

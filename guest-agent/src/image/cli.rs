@@ -368,13 +368,7 @@ pub fn main(args: ImageArgs) -> Result<(), ImageError> {
             Ok(())
         }
         ImageCommand::Gc => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .map_err(|e| ImageError::Io {
-                    action: "start the async runtime".into(),
-                    source: e,
-                })?;
-            let report = runtime.block_on(store.gc())?;
+            let report = store.gc()?;
             print(&format!(
                 "removed {} blobs ({} bytes) and {} snapshots\n",
                 report.blobs, report.blob_bytes, report.snapshots

@@ -106,8 +106,8 @@ struct Gate {
 struct GateState {
     adding: usize,
     collecting: bool,
-    /// A gc was asked for while content was being added: it runs when the
-    /// last adder is done.
+    /// A gc was asked for while content was being added or collected: it
+    /// runs when the last adder, or the collection, is done.
     pending: bool,
 }
 
@@ -162,10 +162,9 @@ impl Drop for Adding {
             // The deferred gc, off whatever thread let go last.
             let store = self.store.clone();
             std::thread::spawn(move || {
-                if let Err(e) = store.collect() {
+                if let Err(e) = store.collect_while_asked() {
                     tracing::warn!("image gc: {e}");
                 }
-                store.gate.leave(|s| s.collecting = false);
             });
         }
     }
@@ -605,32 +604,47 @@ impl Store {
     }
 
     /// Removes every blob and snapshot no name needs; what went. While
-    /// content is being added (see [`Store::adding`]) nothing is removed
-    /// now: the gc is deferred until the last adder is done.
-    pub async fn gc(&self) -> Result<GcReport, ImageError> {
-        let mut deferred = false;
-        self.gate
-            .enter(
-                |s| !s.collecting,
-                |s| {
-                    if s.adding > 0 {
-                        s.pending = true;
-                        deferred = true;
-                    } else {
-                        s.collecting = true;
-                    }
-                },
-            )
-            .await;
-        if deferred {
+    /// content is being added (see [`Store::adding`]) or another gc
+    /// collects, nothing is removed now: the gc is deferred until that is
+    /// done.
+    pub fn gc(&self) -> Result<GcReport, ImageError> {
+        let now = {
+            let mut s = self.gate.lock();
+            if s.adding > 0 || s.collecting {
+                s.pending = true;
+                false
+            } else {
+                s.collecting = true;
+                true
+            }
+        };
+        if !now {
             return Ok(GcReport {
                 deferred: true,
                 ..GcReport::default()
             });
         }
-        let collected = self.collect();
-        self.gate.leave(|s| s.collecting = false);
-        collected
+        self.collect_while_asked()
+    }
+
+    /// Collects, again while a gc was asked for meanwhile and nobody is
+    /// adding; then lets adders in. The report of the first round.
+    fn collect_while_asked(&self) -> Result<GcReport, ImageError> {
+        let first = self.collect();
+        loop {
+            let mut again = false;
+            self.gate.leave(|s| {
+                again = s.pending && s.adding == 0;
+                s.pending &= !again;
+                s.collecting = again;
+            });
+            if !again {
+                return first;
+            }
+            if let Err(e) = self.collect() {
+                tracing::warn!("image gc: {e}");
+            }
+        }
     }
 
     fn collect(&self) -> Result<GcReport, ImageError> {
@@ -902,7 +916,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
         let stale = store.write_blob(b"nobody's", None).unwrap();
-        assert_eq!(store.gc().await.unwrap().blobs, 1);
+        assert_eq!(store.gc().unwrap().blobs, 1);
         assert!(!store.has_blob(&stale));
 
         // A pull's blobs, not yet named: the gc asked for meanwhile (an
@@ -911,10 +925,7 @@ mod tests {
         let nested = store.adding().await;
         let pulled = store.write_blob(b"being pulled", None).unwrap();
         let dropped = store.write_blob(b"left unnamed", None).unwrap();
-        let report = tokio::time::timeout(std::time::Duration::from_secs(5), store.gc())
-            .await
-            .expect("gc waited for the pull")
-            .unwrap();
+        let report = store.gc().unwrap();
         assert!(report.deferred);
         assert_eq!(report.blobs, 0);
         assert!(store.has_blob(&pulled) && store.has_blob(&dropped));

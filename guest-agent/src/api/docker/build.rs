@@ -166,9 +166,9 @@ pub(super) async fn build(engine: &Arc<Engine>, req: Request<Incoming>) -> Resul
         .expect("valid response"))
 }
 
-pub(super) async fn prune(engine: &Arc<Engine>) -> Result<Response<Body>> {
+pub(super) fn prune(engine: &Arc<Engine>) -> Result<Response<Body>> {
     let removed = build::prune(engine).map_err(internal)?;
-    let reclaimed = engine.store.gc().await.map(|r| r.blob_bytes).unwrap_or(0);
+    let reclaimed = engine.store.gc().map(|r| r.blob_bytes).unwrap_or(0);
     let ids: Vec<String> = removed.iter().map(Digest::to_string).collect();
     Ok(json(
         StatusCode::OK,

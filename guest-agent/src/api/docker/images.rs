@@ -424,7 +424,7 @@ pub(super) fn tag(
     Ok(super::empty(StatusCode::CREATED))
 }
 
-pub(super) async fn remove(
+pub(super) fn remove(
     engine: &Arc<Engine>,
     name: &str,
     req: &Request<Incoming>,
@@ -492,7 +492,7 @@ pub(super) async fn remove(
         engine.emit_simple("image", "delete", &record.config.to_string(), None);
         // Layers go unless a container still stands on them.
         if engine.users_of_image(&record.config).is_empty() {
-            collect_garbage(engine).await;
+            collect_garbage(engine);
         }
     }
     Ok(json(StatusCode::OK, &out))
@@ -500,7 +500,7 @@ pub(super) async fn remove(
 
 /// Clears blobs and snapshots no name needs, unless a container's image
 /// has lost its names (its layers must stay).
-async fn collect_garbage(engine: &Engine) -> u64 {
+fn collect_garbage(engine: &Engine) -> u64 {
     let Ok(names) = engine.store.names() else {
         return 0;
     };
@@ -513,10 +513,10 @@ async fn collect_garbage(engine: &Engine) -> u64 {
     if orphaned_in_use {
         return 0;
     }
-    engine.store.gc().await.map(|r| r.blob_bytes).unwrap_or(0)
+    engine.store.gc().map(|r| r.blob_bytes).unwrap_or(0)
 }
 
-pub(super) async fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
+pub(super) fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Response<Body>> {
     let filters = Query::parse(req).filters()?;
     let all = filters
         .iter()
@@ -553,7 +553,7 @@ pub(super) async fn prune(engine: &Arc<Engine>, req: &Request<Incoming>) -> Resu
         engine.store.forget(&id)?;
         deleted.push(json!({"Deleted": id.to_string()}));
     }
-    let reclaimed = collect_garbage(engine).await;
+    let reclaimed = collect_garbage(engine);
     Ok(json(
         StatusCode::OK,
         &json!({"ImagesDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": reclaimed}),
@@ -757,11 +757,7 @@ pub(super) fn save(engine: &Arc<Engine>, names: &[&str]) -> Result<Response<Body
 
 pub(super) async fn load(engine: &Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
     // The archive is read twice (index, then blobs): it is spooled first.
-    let spool_dir = engine.root().join("tmp");
-    std::fs::create_dir_all(&spool_dir)
-        .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir)
-        .map_err(|e| ApiError::from(crate::engine::EngineError::Internal(e.to_string())))?;
+    let spool = spool_file(engine)?;
     super::spool(req.into_body(), spool.as_file()).await?;
     let _adding = engine.store.adding().await;
     let store = engine.store.clone();
@@ -817,9 +813,7 @@ pub(super) async fn import(engine: &Arc<Engine>, req: Request<Incoming>) -> Resu
     let internal = |e: String| ApiError::from(crate::engine::EngineError::Internal(e));
     // Until the image is kept and named, its layer is nobody's.
     let _adding = engine.store.adding().await;
-    let spool_dir = engine.root().join("tmp");
-    std::fs::create_dir_all(&spool_dir).map_err(|e| internal(e.to_string()))?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(|e| internal(e.to_string()))?;
+    let spool = spool_file(engine)?;
     if source == "-" {
         super::spool(req.into_body(), spool.as_file()).await?;
     } else {
@@ -856,6 +850,19 @@ pub(super) async fn import(engine: &Arc<Engine>, req: Request<Incoming>) -> Resu
         .header("Content-Type", "application/json")
         .body(super::full(line(json!({ "status": id })).to_vec()))
         .expect("valid response"))
+}
+
+/// A temporary file under the agent's root for an archive that arrives
+/// (removed when dropped).
+fn spool_file(engine: &Engine) -> Result<tempfile::NamedTempFile> {
+    let internal = |e: std::io::Error| {
+        ApiError::from(crate::engine::EngineError::Internal(format!(
+            "make a file for the upload: {e}"
+        )))
+    };
+    let dir = engine.root().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    tempfile::NamedTempFile::new_in(&dir).map_err(internal)
 }
 
 /// An import's name (`repo`, `tag`), config (`changes`) and history

@@ -277,8 +277,6 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
     }
 }
 
-/// Writes a request body to `file` as it arrives (archives too large
-/// for memory: `load`, a build's context).
 /// How much of a refused upload is read and dropped so that the client can
 /// finish sending and read the error, as Go's server lets it; past this the
 /// connection is closed instead.
@@ -306,6 +304,8 @@ async fn discard(mut body: Incoming) {
     }
 }
 
+/// Writes a request body to `file` as it arrives (archives too large
+/// for memory: `load`, a build's context).
 async fn spool(mut body: Incoming, file: &std::fs::File) -> Result<()> {
     use std::io::Write;
     let mut file = file;
@@ -496,7 +496,7 @@ async fn dispatch(
         (&M::POST, ["auth"]) => system::auth(engine, req).await,
 
         (&M::POST, ["build"]) => build::build(engine, req).await,
-        (&M::POST, ["build", "prune"]) => build::prune(engine).await,
+        (&M::POST, ["build", "prune"]) => build::prune(engine),
         (&M::POST, ["commit"]) => build::commit(engine, req).await,
         (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => {
             build::history(engine, &name.join("/"))
@@ -507,7 +507,7 @@ async fn dispatch(
         }
         (&M::POST, ["images", "create"]) => images::pull(engine, &req),
         (&M::GET, ["images", "json"]) => images::list(engine, &req),
-        (&M::POST, ["images", "prune"]) => images::prune(engine, &req).await,
+        (&M::POST, ["images", "prune"]) => images::prune(engine, &req),
         (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(engine, &name.join("/"))
         }
@@ -523,7 +523,7 @@ async fn dispatch(
             images::tag(engine, &name.join("/"), &req)
         }
         (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => {
-            images::remove(engine, &name.join("/"), &req).await
+            images::remove(engine, &name.join("/"), &req)
         }
 
         (&M::POST, ["containers", "create"]) => containers::create(engine, req).await,
