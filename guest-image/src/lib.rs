@@ -3,7 +3,8 @@
 //!
 //! Inputs are files, never the network: the kernel package's tree (with
 //! `modules.dep` from `depmod`), a sysroot holding busybox, `mke2fs` and `nft`
-//! with its libraries (unpacked Debian packages), and a static
+//! with its libraries and the CA certificates (unpacked Debian packages),
+//! and a static
 //! `berth-agent`. `scripts/build-guest-image` fetches and unpacks them. The
 //! same inputs give the same bytes: entries are written in path order with
 //! fixed owners and times, and the arm64 kernel's gzip header carries no
@@ -31,8 +32,19 @@ use cpio::{Archive, Node};
 
 /// The manifest's file name in an image directory.
 pub const MANIFEST: &str = "image.json";
-/// The kernel's file name in an image directory.
+/// The kernel's file name in an image directory: the kernel package's
+/// compressed image (arm64's gzipped).
 pub const KERNEL: &str = "vmlinuz";
+/// An x86 kernel's file name instead, when it can boot uncompressed: its
+/// ELF `vmlinux`, gzipped; a machine's copy of the image holds it expanded
+/// as [`KERNEL_EXPANDED`] (see [`Manifest::kernel_expanded`]).
+pub const KERNEL_GZ: &str = "vmlinux.gz";
+/// See [`KERNEL_GZ`].
+pub const KERNEL_EXPANDED: &str = "vmlinux";
+
+/// The ELF note (owner "Xen") that holds an x86 kernel's 32-bit PVH entry
+/// point, through which QEMU boots an uncompressed kernel.
+const XEN_ELFNOTE_PHYS32_ENTRY: object::elf::NoteType = object::elf::NoteType(18);
 /// The initramfs's file name in an image directory: a plain `newc` cpio.
 /// Left uncompressed on purpose: under TCG the kernel takes about half a
 /// second to inflate a gzipped one, while QEMU loads the plain bytes at
@@ -40,7 +52,7 @@ pub const KERNEL: &str = "vmlinuz";
 pub const INITRAMFS: &str = "initramfs.cpio";
 
 /// The modules a guest needs before its agent can serve: the virtio
-/// devices, the data disk's file system, overlay and vsock. Init loads them
+/// devices, the data disk's file system and overlay. Init loads them
 /// first, in order (`berth.load`).
 const BOOT_MODULES: &[&str] = &[
     "virtio_pci",
@@ -48,11 +60,14 @@ const BOOT_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_console",
     "virtio_rng",
-    "vmw_vsock_virtio_transport",
     "crc32c_generic",
     "ext4",
     "overlay",
 ];
+
+/// vsock's: init loads them after the boot modules when the VM has a vsock
+/// device (`berth.vsock`).
+const VSOCK_MODULES: &[&str] = &["vmw_vsock_virtio_transport"];
 
 /// The rest: container networking, shared folders, input (the power
 /// button). Init loads them once the agent serves (`berth.later`).
@@ -81,8 +96,17 @@ const TOOLS: &[(&str, &str)] = &[
     ("usr/sbin/nft", "usr/sbin/nft"),
 ];
 
+/// Where Debian's `ca-certificates` keeps the certificates it trusts, in
+/// the sysroot.
+const CA_CERTIFICATES: &str = "usr/share/ca-certificates/mozilla";
+
+/// The bundle of them in the image, where TLS clients look.
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
 /// The module lists init reads beside the kernel's modules.
 pub const BOOT_MODULES_LIST: &str = "berth.load";
+/// See [`BOOT_MODULES_LIST`].
+pub const VSOCK_MODULES_LIST: &str = "berth.vsock";
 /// See [`BOOT_MODULES_LIST`].
 pub const LATER_MODULES_LIST: &str = "berth.later";
 
@@ -184,6 +208,15 @@ pub struct Manifest {
     pub initramfs: ImageFile,
     /// The image's identity: sha256 over the two files' digests.
     pub digest: String,
+    /// When `kernel` is a gzipped ELF kernel ([`KERNEL_GZ`]): the kernel
+    /// expanded, as QEMU boots it. A kernel package's x86 `vmlinuz` inflates
+    /// itself in the guest, which takes seconds under TCG; the uncompressed
+    /// kernel is entered directly (PVH), at the cost of the kernel's own
+    /// address randomization (done by that inflating stub). Expanded by
+    /// [`Manifest::expand_kernel`] into a machine's copy of the image; the
+    /// image ships it compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_expanded: Option<ImageFile>,
 }
 
 impl Manifest {
@@ -216,6 +249,35 @@ impl Manifest {
         }
         Ok(manifest)
     }
+
+    /// The kernel file QEMU boots: [`Manifest::kernel_expanded`] if there is
+    /// one, else the kernel.
+    pub fn boot_kernel(&self) -> &ImageFile {
+        self.kernel_expanded.as_ref().unwrap_or(&self.kernel)
+    }
+
+    /// Writes [`Manifest::kernel_expanded`] (if the image has one) into the
+    /// image directory `dir`, checked against its digest, from the
+    /// compressed kernel there.
+    pub fn expand_kernel(&self, dir: &Path) -> Result<(), ImageError> {
+        let Some(expanded) = &self.kernel_expanded else {
+            return Ok(());
+        };
+        let path = dir.join(&self.kernel.file);
+        let file = fs::File::open(&path)
+            .map_err(|e| ImageError::io(format!("read {}", path.display()), e))?;
+        let mut data = Vec::with_capacity(usize::try_from(expanded.size).unwrap_or(0));
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut data)
+            .map_err(|e| ImageError::io(format!("expand {}", path.display()), e))?;
+        if sha256(&data) != expanded.digest {
+            return Err(ImageError::Input(format!(
+                "{} does not expand to the kernel {} records: the image is damaged; build it again",
+                path.display(),
+                dir.join(MANIFEST).display()
+            )));
+        }
+        write_atomic(&dir.join(&expanded.file), &data)
+    }
 }
 
 /// What [`build`] reads and where it writes.
@@ -226,7 +288,8 @@ pub struct Inputs {
     /// The unpacked kernel package: `boot/vmlinuz-*`, `lib/modules/*/`.
     pub kernel_root: PathBuf,
     /// Unpacked packages with `bin/busybox`, `sbin/mke2fs` and
-    /// `usr/sbin/nft`, and the libraries they need.
+    /// `usr/sbin/nft`, the libraries they need, and
+    /// `usr/share/ca-certificates/mozilla/*.crt`.
     pub sysroot: PathBuf,
     /// A static `berth-agent` for `arch`.
     pub agent: PathBuf,
@@ -340,6 +403,14 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
         );
     }
 
+    // The CA certificates, bundled where TLS clients look for them (as
+    // Debian's update-ca-certificates would).
+    let certs = ca_bundle(&inputs.sysroot.join(CA_CERTIFICATES))?;
+    for dir in ["etc/ssl", "etc/ssl/certs"] {
+        archive.add(dir, Node::Dir, 0o755);
+    }
+    archive.add(CA_BUNDLE, Node::File(certs), 0o644);
+
     // Kernel modules, and the list init loads in order.
     let modules_dir = inputs.kernel_root.join("lib/modules").join(release);
     let dep_path = modules_dir.join("modules.dep");
@@ -357,12 +428,17 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
         .unwrap_or_else(|_| BTreeSet::new());
     let deps = modules::ModuleDeps::parse(&dep_text)?;
     let boot = deps.resolve(BOOT_MODULES, OPTIONAL_BOOT_MODULES, &builtin)?;
-    let later: Vec<String> = deps
-        .resolve(LATER_MODULES, OPTIONAL_LATER_MODULES, &builtin)?
+    let vsock: Vec<String> = deps
+        .resolve(VSOCK_MODULES, &[], &builtin)?
         .into_iter()
         .filter(|m| !boot.contains(m))
         .collect();
-    for module in boot.iter().chain(&later) {
+    let later: Vec<String> = deps
+        .resolve(LATER_MODULES, OPTIONAL_LATER_MODULES, &builtin)?
+        .into_iter()
+        .filter(|m| !boot.contains(m) && !vsock.contains(m))
+        .collect();
+    for module in boot.iter().chain(&vsock).chain(&later) {
         if !module.ends_with(".ko") {
             return Err(ImageError::Modules(format!(
                 "{module} is compressed; init loads plain .ko files only"
@@ -375,7 +451,11 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
             0o644,
         );
     }
-    for (name, list) in [(BOOT_MODULES_LIST, &boot), (LATER_MODULES_LIST, &later)] {
+    for (name, list) in [
+        (BOOT_MODULES_LIST, &boot),
+        (VSOCK_MODULES_LIST, &vsock),
+        (LATER_MODULES_LIST, &later),
+    ] {
         let text: String = list.iter().map(|m| format!("{m}\n")).collect();
         archive.add(
             &format!("lib/modules/{release}/{name}"),
@@ -429,15 +509,130 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
     })
 }
 
+/// The `.crt` files in `dir` (PEM), concatenated in name order.
+fn ca_bundle(dir: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| ImageError::io(format!("read {}", dir.display()), e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(ImageError::io(
+            format!("bundle the CA certificates in {}", dir.display()),
+            io::Error::new(io::ErrorKind::NotFound, "there are none"),
+        ));
+    }
+    let mut bundle = Vec::new();
+    for name in names {
+        let mut pem = read(&name)?;
+        if !pem.ends_with(b"\n") {
+            pem.push(b'\n');
+        }
+        bundle.extend(pem);
+    }
+    Ok(bundle)
+}
+
 /// gzip with no file name and no time in the header: the same bytes in,
 /// the same bytes out.
 fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(3)
-        .write(Vec::new(), flate2::Compression::default());
+        .write(Vec::new(), flate2::Compression::best());
     gz.write_all(data)?;
     gz.finish()
+}
+
+/// The ELF kernel inside an x86 `bzImage`, if it has a PVH entry point
+/// (and so can be booted uncompressed). The boot protocol's header says
+/// where the compressed payload is; an xz one is inflated by `xz`, a gzip
+/// one here, another kind is left alone.
+fn x86_elf_kernel(bz_image: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
+    let field = |at: usize, len: usize| bz_image.get(at..at + len);
+    // "HdrS" at 0x202; protocol 2.08 (payload fields) or later.
+    if field(0x202, 4) != Some(b"HdrS") {
+        return Ok(None);
+    }
+    let u32_at = |at| field(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let version = field(0x206, 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    if version < 0x208 {
+        return Ok(None);
+    }
+    let setup_sectors = match field(0x1f1, 1).map_or(0, |b| b[0]) {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let (Some(offset), Some(length)) = (u32_at(0x248), u32_at(0x24c)) else {
+        return Ok(None);
+    };
+    let start = (setup_sectors + 1) * 512 + offset as usize;
+    let Some(payload) = bz_image.get(start..start + length as usize) else {
+        return Err(ImageError::Input(
+            "the kernel's header points past its end".into(),
+        ));
+    };
+    let elf = if payload.starts_with(b"\xfd7zXZ\x00") {
+        inflate_xz(payload)?
+    } else if payload.starts_with(&[0x1f, 0x8b]) {
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(payload), &mut data)
+            .map_err(|e| ImageError::io("inflate the kernel", e))?;
+        data
+    } else {
+        return Ok(None);
+    };
+    Ok(has_pvh_entry(&elf)?.then_some(elf))
+}
+
+/// `data` (xz) inflated by `xz -dc` (which knows the x86 branch filter the
+/// kernel's build uses).
+fn inflate_xz(data: &[u8]) -> Result<Vec<u8>, ImageError> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ImageError::io("run xz (Debian: apt-get install xz-utils)", e))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let out = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // xz's verdict (below) says what went wrong, if anything.
+            let _ = stdin.write_all(data);
+        });
+        child.wait_with_output()
+    })
+    .map_err(|e| ImageError::io("run xz", e))?;
+    if !out.status.success() {
+        return Err(ImageError::Input(format!(
+            "xz cannot inflate the kernel: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// Whether the ELF `elf` has a PVH entry point note.
+fn has_pvh_entry(elf: &[u8]) -> Result<bool, ImageError> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let bad = |e: object::Error| ImageError::Input(format!("the kernel's ELF: {e}"));
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(elf).map_err(bad)?;
+    let endian = header.endian().map_err(bad)?;
+    for segment in header.program_headers(endian, elf).map_err(bad)? {
+        let Some(mut notes) = segment.notes(endian, elf).map_err(bad)? else {
+            continue;
+        };
+        while let Some(note) = notes.next().map_err(bad)? {
+            if note.name() == b"Xen" && note.n_type(endian) == XEN_ELFNOTE_PHYS32_ENTRY {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Whether `kernel` is an uncompressed arm64 `Image` (its header's magic
@@ -454,10 +649,22 @@ pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
         .join("boot")
         .join(format!("vmlinuz-{release}"));
     let mut kernel = read(&kernel_path)?;
+    let mut kernel_name = KERNEL;
+    let mut expanded = None;
     if is_plain_arm64_image(&kernel) {
         // Debian ships arm64's Image uncompressed (33 MB); QEMU loads a
         // gzipped one as well.
         kernel = gzip(&kernel).map_err(|e| ImageError::io("compress the kernel", e))?;
+    } else if inputs.arch == Arch::X86_64 {
+        if let Some(elf) = x86_elf_kernel(&kernel)? {
+            expanded = Some(ImageFile {
+                file: KERNEL_EXPANDED.to_owned(),
+                digest: sha256(&elf),
+                size: elf.len() as u64,
+            });
+            kernel = gzip(&elf).map_err(|e| ImageError::io("compress the kernel", e))?;
+            kernel_name = KERNEL_GZ;
+        }
     }
     let archive = assemble(inputs, &release)?;
     let mut cpio = Vec::new();
@@ -472,7 +679,7 @@ pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
         digest: sha256(data),
         size: data.len() as u64,
     };
-    let kernel_file = file(KERNEL, &kernel);
+    let kernel_file = file(kernel_name, &kernel);
     let initramfs_file = file(INITRAMFS, &cpio);
     let manifest = Manifest {
         arch: inputs.arch,
@@ -480,12 +687,69 @@ pub fn build(inputs: &Inputs) -> Result<Manifest, ImageError> {
         digest: sha256(format!("{}\n{}\n", kernel_file.digest, initramfs_file.digest).as_bytes()),
         kernel: kernel_file,
         initramfs: initramfs_file,
+        kernel_expanded: expanded,
     };
-    write_atomic(&inputs.out.join(KERNEL), &kernel)?;
+    // A kernel of another name from an earlier build would only confuse.
+    for stale in [KERNEL, KERNEL_GZ, KERNEL_EXPANDED] {
+        if stale != kernel_name {
+            let _ = fs::remove_file(inputs.out.join(stale));
+        }
+    }
+    write_atomic(&inputs.out.join(kernel_name), &kernel)?;
     write_atomic(&inputs.out.join(INITRAMFS), &cpio)?;
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Input(e.to_string()))?;
     // The manifest goes last: an image directory with one is complete.
     write_atomic(&inputs.out.join(MANIFEST), &json)?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_for(dir: &Path, elf: &[u8]) -> Manifest {
+        let gz = gzip(elf).unwrap();
+        fs::write(dir.join(KERNEL_GZ), &gz).unwrap();
+        let file = |name: &str, data: &[u8]| ImageFile {
+            file: name.into(),
+            digest: sha256(data),
+            size: data.len() as u64,
+        };
+        Manifest {
+            arch: Arch::X86_64,
+            kernel_release: "test".into(),
+            kernel: file(KERNEL_GZ, &gz),
+            initramfs: file(INITRAMFS, b""),
+            digest: "sha256:00".into(),
+            kernel_expanded: Some(file(KERNEL_EXPANDED, elf)),
+        }
+    }
+
+    #[test]
+    fn the_kernel_expands_to_what_the_manifest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_for(dir.path(), b"\x7fELF and the rest");
+        manifest.expand_kernel(dir.path()).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join(KERNEL_EXPANDED)).unwrap(),
+            b"\x7fELF and the rest"
+        );
+        assert_eq!(manifest.boot_kernel().file, KERNEL_EXPANDED);
+    }
+
+    #[test]
+    fn a_kernel_that_expands_to_other_bytes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manifest = manifest_for(dir.path(), b"\x7fELF one");
+        manifest.kernel_expanded.as_mut().unwrap().digest = sha256(b"\x7fELF another");
+        let err = manifest.expand_kernel(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(!dir.path().join(KERNEL_EXPANDED).exists());
+    }
+
+    #[test]
+    fn a_kernel_without_a_setup_header_is_left_compressed() {
+        assert_eq!(x86_elf_kernel(&[0; 4096]).unwrap(), None);
+    }
 }

@@ -53,6 +53,12 @@ fn main() -> ExitCode {
                 "  {:<14} {:>10} bytes  {}",
                 manifest.kernel.file, manifest.kernel.size, manifest.kernel.digest
             );
+            if let Some(expanded) = &manifest.kernel_expanded {
+                println!(
+                    "  {:<14} {:>10} bytes  {}  (expanded in each machine, booted as is)",
+                    expanded.file, expanded.size, expanded.digest
+                );
+            }
             println!(
                 "  {:<14} {:>10} bytes  {}",
                 manifest.initramfs.file, manifest.initramfs.size, manifest.initramfs.digest

@@ -119,6 +119,18 @@ fn qemu_machine_lifecycle() {
     let out = berth.run(&["ssh", "vm", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // The guest trusts the CA certificates TLS registries are signed by
+    // (Debian's set, bundled where TLS clients look).
+    let certs = berth.ok(&[
+        "ssh",
+        "vm",
+        "--",
+        "grep",
+        "-c",
+        "BEGIN CERTIFICATE",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ]);
+    assert!(certs.trim().parse::<u32>().unwrap() > 100, "{certs}");
 
     // An interactive shell: a terminal of the user's size, resized with
     // it, and the shell's exit status.
@@ -337,19 +349,26 @@ fn silent_image(dir: &Path) {
     let mut cpio = Vec::new();
     archive.write_to(&mut cpio).unwrap();
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(real.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+    // The real kernel, as the real image ships it (expanded at create).
+    let real_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(real.join("image.json")).unwrap()).unwrap();
+    let kernel = real_manifest["kernel"]["file"].as_str().unwrap();
+    std::fs::copy(real.join(kernel), dir.join(kernel)).unwrap();
     std::fs::write(dir.join("initramfs.gz"), berth_tests::registry::gzip(&cpio)).unwrap();
     let file = |name: &str| {
         let data = std::fs::read(dir.join(name)).unwrap();
         serde_json::json!({"file": name, "digest": berth_guest_image::sha256(&data), "size": data.len()})
     };
-    let manifest = serde_json::json!({
+    let mut manifest = serde_json::json!({
         "arch": "x86_64",
         "kernel_release": "test",
-        "kernel": file("vmlinuz"),
+        "kernel": file(kernel),
         "initramfs": file("initramfs.gz"),
         "digest": "sha256:0",
     });
+    if let Some(expanded) = real_manifest.get("kernel_expanded") {
+        manifest["kernel_expanded"] = expanded.clone();
+    }
     std::fs::write(dir.join("image.json"), manifest.to_string()).unwrap();
 }
 

@@ -11,7 +11,7 @@
 //! does); which one a host speaks is learnt once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{
@@ -88,7 +88,10 @@ enum Scheme {
 
 /// A registry client, shared by concurrent pulls and pushes.
 pub struct Client {
-    http: reqwest::Client,
+    /// Made at first use: loading the system's CA certificates is not free,
+    /// and an agent that never pulls does not need them.
+    http: OnceLock<Result<reqwest::Client, String>>,
+    extra_roots: Vec<reqwest::Certificate>,
     config: RegistryConfig,
     /// Credentials by host: the configured ones, then what clients log in
     /// with.
@@ -175,9 +178,7 @@ fn is_loopback(host: &str) -> bool {
 impl Client {
     /// A client with `config`.
     pub fn new(config: RegistryConfig) -> Result<Self, ImageError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")));
+        let mut extra_roots = Vec::new();
         for pem in &config.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .ok()
@@ -187,21 +188,35 @@ impl Client {
                         "an extra CA certificate file holds no PEM certificate".into(),
                     )
                 })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            extra_roots.extend(certs);
         }
-        let http = builder.build().map_err(|e| {
-            ImageError::Config(format!("cannot make an HTTP client: {}", causes(&e)))
-        })?;
         Ok(Client {
-            http,
+            http: OnceLock::new(),
+            extra_roots,
             credentials: Mutex::new(config.credentials.clone()),
             config,
             schemes: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             bases: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The HTTP client, made on first use.
+    fn http(&self) -> Result<&reqwest::Client, ImageError> {
+        self.http
+            .get_or_init(|| {
+                let mut builder = reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")));
+                for cert in &self.extra_roots {
+                    builder = builder.add_root_certificate(cert.clone());
+                }
+                builder
+                    .build()
+                    .map_err(|e| format!("cannot make an HTTP client: {}", causes(&e)))
+            })
+            .as_ref()
+            .map_err(|e| ImageError::Config(e.clone()))
     }
 
     /// The API base for `host`: `https://…/v2`, or `http://…/v2` for a
@@ -217,10 +232,14 @@ impl Client {
         // Plain HTTP only when TLS fails and the host answers like a
         // registry over HTTP; else requests go over HTTPS and report why
         // TLS failed (an unknown CA, say).
+        let Ok(client) = self.http() else {
+            // Requests say why there is no client.
+            return https;
+        };
         let http = format!("http://{host}/v2");
-        let base = match self.http.get(format!("{https}/")).send().await {
+        let base = match client.get(format!("{https}/")).send().await {
             Ok(_) => https,
-            Err(_) => match self.http.get(format!("{http}/")).send().await {
+            Err(_) => match client.get(format!("{http}/")).send().await {
                 Ok(r) if r.status().is_success() || r.status() == StatusCode::UNAUTHORIZED => http,
                 _ => https,
             },
@@ -316,7 +335,7 @@ impl Client {
                     .cloned()
                     .ok_or_else(|| Self::err(host, "a Bearer challenge without a realm"))?;
                 let service = params.get("service").cloned();
-                let mut request = self.http.get(&realm);
+                let mut request = self.http()?.get(&realm);
                 let mut query: Vec<(&str, &str)> = scope.split(' ').map(|s| ("scope", s)).collect();
                 if let Some(s) = &service {
                     query.push(("service", s));
@@ -384,7 +403,7 @@ impl Client {
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, ImageError> {
         for attempt in 0..2 {
-            let mut request = build(&self.http);
+            let mut request = build(self.http()?);
             if let Some(auth) = self.cached_auth(host, scope) {
                 request = request.header(AUTHORIZATION, auth);
             }

@@ -1,7 +1,7 @@
 //! `berth-agent init`: PID 1 in Berth's guest VM.
 //!
-//! In order: leave the initramfs for a tmpfs root (so that containers can
-//! `pivot_root`), mount the kernel's file systems, load the kernel modules
+//! In order: put the root on a mount that containers can `pivot_root`
+//! from, mount the kernel's file systems, load the kernel modules
 //! the image lists, mount cgroup2, set the hostname, bring the network up on
 //! QEMU's user network, mount the persistent data disk (formatting it on
 //! first boot) at the agent's root, then run `berth-agent serve` and keep
@@ -16,7 +16,7 @@
 //! agent cannot work without it, ends in a power-off.
 //!
 //! - [`cmdline`] — the settings on the kernel command line.
-//! - [`rootfs`] — the move from the initramfs to a tmpfs root.
+//! - [`rootfs`] — the root's move off the initramfs's mount.
 //! - [`system`] — mounts, modules, cgroups, hostname, clock.
 //! - [`net`] — loopback and the first Ethernet link.
 //! - [`disk`] — the data disk.
@@ -57,26 +57,33 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs PID 1. Never returns: the machine powers off at the end.
 pub fn main() -> ! {
-    match rootfs::root_is_initramfs() {
+    let initramfs = match rootfs::root_is_initramfs() {
         Ok(true) => {
-            // Loaded from the initramfs, the boot modules' files are left
-            // behind with it: they are not needed again.
-            let loaded = system::load_modules(system::BOOT_MODULES);
-            if let Err(e) = rootfs::leave_initramfs(&loaded) {
-                error!("cannot move to a tmpfs root (containers will not start): {e}");
+            if let Err(e) = rootfs::leave_initramfs() {
+                error!("cannot leave the initramfs's mount (containers will not start): {e}");
             }
+            true
         }
-        Ok(false) => {}
-        Err(e) => error!("cannot tell whether / is the initramfs: {e}"),
-    }
+        Ok(false) => false,
+        Err(e) => {
+            error!("cannot tell whether / is the initramfs: {e}");
+            false
+        }
+    };
     if let Err(e) = system::mount_basics() {
         error!("{e}");
         power::off();
     }
     info!("init started");
     let settings = cmdline::Settings::from_proc();
-    // Those not loaded in the initramfs already.
-    system::load_modules(system::BOOT_MODULES);
+    let mut loaded = system::load_modules(system::BOOT_MODULES);
+    if system::vsock_device_present() {
+        loaded.extend(system::load_modules(system::VSOCK_MODULES));
+    }
+    if initramfs {
+        // Their files are memory there, and not needed again.
+        system::delete_files(&loaded);
+    }
     if let Err(e) = system::mount_cgroup2() {
         warn!("{e}");
     }
@@ -119,8 +126,8 @@ fn supervise(settings: &cmdline::Settings) -> ! {
     if let Err(e) = signals.thread_block() {
         error!("cannot block signals: {e}");
     }
-    // Once the agent serves: the modules it does not need to start.
-    system::load_later_modules(Path::new(DOCKER_SOCKET));
+    // Once the agent serves: what it does not need to start.
+    system::later_setup(Path::new(DOCKER_SOCKET));
     let mut agent = start_agent(settings);
     let mut started = Instant::now();
     loop {

@@ -14,23 +14,32 @@ use tracing::{info, warn};
 /// order (dependencies first), one path relative to them per line: those
 /// the agent needs to start, and the rest. The image builder writes them.
 pub const BOOT_MODULES: &str = "berth.load";
+/// See [`BOOT_MODULES`]: vsock's, loaded after the boot modules when the
+/// VM has a vsock device.
+pub const VSOCK_MODULES: &str = "berth.vsock";
 /// See [`BOOT_MODULES`].
 pub const LATER_MODULES: &str = "berth.later";
 
-/// There while init loads the [`LATER_MODULES`]; what needs them
-/// (container networking) waits for it to go: see [`later_modules`].
-pub const MODULES_LOADING: &str = "/run/berth/modules.loading";
+/// virtio's PCI vendor, and the device id of a (modern: there is no
+/// transitional one) virtio vsock device.
+const VIRTIO_PCI_VENDOR: &str = "0x1af4";
+const VIRTIO_VSOCK_PCI_DEVICE: &str = "0x1053";
 
-/// How long the later modules wait for the agent to serve; then they are
-/// loaded whatever it does.
-const LATER_MODULES_WAIT: Duration = Duration::from_secs(10);
+/// There while init does the boot's later part (see [`later_setup`]);
+/// what needs it (container networking, `berth ssh`) waits for it to go:
+/// see [`later_setup_done`].
+pub const LATER_SETUP: &str = "/run/berth/later-setup";
 
-/// How long [`later_modules`] waits at most.
-const LATER_MODULES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the later part waits for the agent to serve; then it is done
+/// whatever the agent does.
+const LATER_SETUP_WAIT: Duration = Duration::from_secs(10);
 
-/// The niceness of the thread that loads the later modules: the agent
+/// How long [`later_setup_done`] waits at most.
+const LATER_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The niceness of the thread that does the later part: the agent
 /// serving comes first.
-const LATER_MODULES_NICE: i32 = 19;
+const LATER_SETUP_NICE: i32 = 19;
 
 /// A clock before this (2025-01-01) is surely unset: certificates would
 /// not verify.
@@ -96,7 +105,6 @@ pub fn mount_basics() -> io::Result<()> {
         let _ = std::os::unix::fs::symlink(target, link);
     }
     fs::create_dir_all("/run/berth")?;
-    install_busybox();
     Ok(())
 }
 
@@ -152,6 +160,15 @@ pub fn load_modules(list: &str) -> Vec<std::path::PathBuf> {
     loaded
 }
 
+/// Deletes `files`, logging those that cannot be.
+pub fn delete_files(files: &[std::path::PathBuf]) {
+    for file in files {
+        if let Err(e) = fs::remove_file(file) {
+            warn!("cannot delete {}: {e}", file.display());
+        }
+    }
+}
+
 /// Whether the module in file `path` is loaded, as `/sys/module` (when
 /// mounted) tells.
 fn is_loaded(path: &Path) -> bool {
@@ -162,22 +179,25 @@ fn is_loaded(path: &Path) -> bool {
     Path::new("/sys/module").join(name).exists()
 }
 
-/// Loads the modules the agent does not need to start, on a thread of its
-/// own at the lowest priority, once `serving` (the agent's last socket)
-/// exists: the agent starts on a machine not busy with them. Then watches
-/// the power button, whose driver is among them. [`MODULES_LOADING`] is
-/// there until they are loaded; call this before the agent starts.
-pub fn load_later_modules(serving: &'static Path) {
-    if let Err(e) = fs::write(MODULES_LOADING, b"") {
-        warn!("cannot write {MODULES_LOADING}: {e}");
+/// The part of the boot the agent does not need to start, done on a
+/// thread of its own at the lowest priority once `serving` (the agent's
+/// last socket) exists, so that the agent starts on a machine not busy
+/// with it: busybox's applets linked (for `berth ssh`), the
+/// [`LATER_MODULES`] loaded, then the power button (whose driver is among
+/// them) watched. [`LATER_SETUP`] is there until it is done; call this
+/// before the agent starts.
+pub fn later_setup(serving: &'static Path) {
+    if let Err(e) = fs::write(LATER_SETUP, b"") {
+        warn!("cannot write {LATER_SETUP}: {e}");
     }
-    let load = || {
+    let work = || {
+        install_busybox();
         let _ = load_modules(LATER_MODULES);
         super::power::watch_button();
-        let _ = fs::remove_file(MODULES_LOADING);
+        let _ = fs::remove_file(LATER_SETUP);
     };
     let spawned = std::thread::Builder::new()
-        .name("modules".into())
+        .name("later-setup".into())
         .spawn(move || {
             // SAFETY: setpriority(2) with PRIO_PROCESS and a thread id sets
             // that thread's niceness (Linux); it only reads its arguments.
@@ -185,26 +205,26 @@ pub fn load_later_modules(serving: &'static Path) {
                 libc::setpriority(
                     libc::PRIO_PROCESS,
                     libc::gettid() as libc::id_t,
-                    LATER_MODULES_NICE,
+                    LATER_SETUP_NICE,
                 );
             }
-            let deadline = Instant::now() + LATER_MODULES_WAIT;
+            let deadline = Instant::now() + LATER_SETUP_WAIT;
             while !serving.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            load();
+            work();
         });
     if let Err(e) = spawned {
-        warn!("cannot start the module loader: {e}; loading now");
-        load();
+        warn!("cannot start the later part of the boot: {e}; doing it now");
+        work();
     }
 }
 
-/// Waits while init is still loading the [`LATER_MODULES`] (never, where
+/// Waits while init still does the later part of the boot (never, where
 /// the agent does not run under our init).
-pub async fn later_modules() {
-    let deadline = Instant::now() + LATER_MODULES_TIMEOUT;
-    while Path::new(MODULES_LOADING).exists() && Instant::now() < deadline {
+pub async fn later_setup_done() {
+    let deadline = Instant::now() + LATER_SETUP_TIMEOUT;
+    while Path::new(LATER_SETUP).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -264,6 +284,23 @@ pub fn check_clock() {
             "the clock is not set; TLS certificates will not verify"
         );
     }
+}
+
+/// Whether the VM has a virtio vsock device (bound to a driver or not).
+pub fn vsock_device_present() -> bool {
+    let read = |dir: &Path, name: &str| {
+        fs::read_to_string(dir.join(name))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    fs::read_dir("/sys/bus/pci/devices")
+        .map(|devices| {
+            devices.flatten().any(|d| {
+                read(&d.path(), "vendor") == VIRTIO_PCI_VENDOR
+                    && read(&d.path(), "device") == VIRTIO_VSOCK_PCI_DEVICE
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Whether a virtio vsock device is bound, so that vsock can be served.

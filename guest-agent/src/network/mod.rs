@@ -511,7 +511,7 @@ impl Networks {
             return Ok(());
         }
         // In our guest: bridges and nftables come with the later modules.
-        crate::init::system::later_modules().await;
+        crate::init::system::later_setup_done().await;
         let (subnet, gateway) = match (network.subnet(), network.gateway) {
             (Some(s), Some(g)) => (s, g),
             _ => {
@@ -888,11 +888,16 @@ impl Networks {
                 }
             }
         }
-        let Ok(host) = Netlink::open() else {
-            return;
-        };
-        // Host ends on our bridges whose containers are gone (a link that
-        // is on another agent's bridge is that agent's business).
+        self.sweep_links(links).await;
+        if self.lock().live.is_empty() {
+            let _ = nat::remove_stale(&self.table).await;
+        }
+    }
+
+    /// Deletes the host ends on our bridges that are not in `links` (a link
+    /// on another agent's bridge is that agent's business), and our
+    /// bridges that no network has up.
+    async fn sweep_links(&self, links: &BTreeSet<String>) {
         let ours: Vec<String> = self
             .lock()
             .networks
@@ -900,6 +905,17 @@ impl Networks {
             .filter(|n| n.is_bridge())
             .map(|n| n.bridge.clone())
             .collect();
+        // With none of them there (the machine has just booted, say),
+        // there is nothing to delete: no need to ask the kernel.
+        if !ours
+            .iter()
+            .any(|b| Path::new("/sys/class/net").join(b).exists())
+        {
+            return;
+        }
+        let Ok(host) = Netlink::open() else {
+            return;
+        };
         if let Ok(found) = host.links_on(&ours, HOST_VETH_PREFIX).await {
             for name in found.into_iter().filter(|l| !links.contains(l)) {
                 let _ = host.delete(&name).await;
@@ -916,9 +932,6 @@ impl Networks {
         };
         for network in idle {
             let _ = host.delete(&network.bridge).await;
-        }
-        if self.lock().live.is_empty() {
-            let _ = nat::remove_stale(&self.table).await;
         }
     }
 }

@@ -3,7 +3,8 @@
 //! `berth-agent`), with a persistent qcow2 data disk.
 //!
 //! ```text
-//! <machine dir>/image/         the guest image, copied at create (image.json, vmlinuz, initramfs.cpio)
+//! <machine dir>/image/         the guest image, copied at create (image.json, the kernel,
+//!                              initramfs.cpio; an x86 kernel also expanded, as vmlinux)
 //! <machine dir>/disk.qcow2     the data disk (ext4, formatted by the guest on first boot)
 //! <machine dir>/qemu.pid       QEMU's pid while it runs
 //! <machine dir>/qmp.sock       QMP: state, powerdown, quit
@@ -274,7 +275,7 @@ impl QemuDriver {
             "-pidfile".into(),
             p(f.pid()),
             "-kernel".into(),
-            p(f.image().join(&image.kernel.file)),
+            p(f.image().join(&image.boot_kernel().file)),
             "-initrd".into(),
             p(f.image().join(&image.initramfs.file)),
             "-append".into(),
@@ -299,7 +300,9 @@ impl QemuDriver {
             "-netdev".into(),
             "user,id=net0".into(),
             "-device".into(),
-            "virtio-net-pci,netdev=net0".into(),
+            // No option ROM: the kernel is booted directly, never from
+            // the network, and the firmware would run iPXE's at each boot.
+            "virtio-net-pci,netdev=net0,romfile=".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
             "-qmp".into(),
@@ -577,7 +580,22 @@ mod tests {
             kernel: file("vmlinuz"),
             initramfs: file("initramfs.cpio"),
             digest: "sha256:00".into(),
+            kernel_expanded: None,
         }
+    }
+
+    #[test]
+    fn an_expanded_kernel_is_the_one_booted() {
+        let mut image = image();
+        image.kernel.file = "vmlinux.gz".into();
+        image.kernel_expanded = Some(berth_image::ImageFile {
+            file: "vmlinux".into(),
+            digest: "sha256:01".into(),
+            size: 2,
+        });
+        let args = driver(QemuConfig::default()).qemu_args(Accel::Tcg, &image);
+        let kernel = args.iter().position(|a| a == "-kernel").unwrap();
+        assert_eq!(args[kernel + 1], "/m/dev/image/vmlinux");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub(super) fn copy_image(from: &Path, to: &Path) -> Result<(), DriverError> {
         ] {
             fs::copy(from.join(name), tmp.join(name))?;
         }
+        manifest
+            .expand_kernel(&tmp)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         fs::rename(&tmp, to)
     };
     copy().map_err(|e| {
