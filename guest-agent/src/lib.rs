@@ -9,6 +9,7 @@
 //! - [`api`] — the front doors: gRPC for `berth`, the Docker Engine API.
 //! - [`engine`] — containers, images and volumes as durable state.
 //! - [`build`] — `docker build`: the Dockerfile builder and its cache.
+//! - [`download`] — the URLs users name (`ADD`, `import`), into files.
 //! - [`image`] — the image store, the registry client, layers.
 //! - [`network`] — bridges, addresses, NAT, published ports, DNS.
 //! - [`runtime`] — the OCI runtime (`berth-agent runtime …`).
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod build;
 pub mod daemon;
+pub mod download;
 pub mod engine;
 pub mod host_info;
 pub mod image;

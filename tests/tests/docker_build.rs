@@ -300,6 +300,9 @@ fn dockerignore_scratch_heredocs_and_add() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The same archive from a URL: downloaded, never extracted.
+    let archive = std::fs::read(ctx.path().join("pkg.tar.gz")).unwrap();
+    let url = berth_tests::serve_once("pkg.tar.gz", archive.clone());
     write(
         ctx.path(),
         "Dockerfile",
@@ -309,6 +312,7 @@ fn dockerignore_scratch_heredocs_and_add() {
              COPY --from=tools /bin/busybox /bin/busybox\n\
              COPY . /ctx/\n\
              ADD pkg.tar.gz /opt/\n\
+             ADD {url} /dl/\n\
              COPY <<EOF /etc/motd\n\
              made by a heredoc\n\
              EOF\n\
@@ -329,6 +333,17 @@ fn dockerignore_scratch_heredocs_and_add() {
         ".\n..\n.dockerignore\nDockerfile\nkeep.txt\npkg.tar.gz\ntwo lines\nof script\nmade by a heredoc\nfrom the archive\n",
         "{out}"
     );
+    let downloaded = d.ok(&[
+        "run",
+        "--rm",
+        "small",
+        "/bin/busybox",
+        "stat",
+        "-c",
+        "%a %s",
+        "/dl/pkg.tar.gz",
+    ]);
+    assert_eq!(downloaded, format!("600 {}\n", archive.len()));
 }
 
 #[test]

@@ -160,28 +160,6 @@ fn save_load_tag_rmi_and_prune() {
     assert!(pruned.contains("Total reclaimed space"), "{pruned}");
 }
 
-/// Serves `body` once over HTTP on a loopback port; its URL.
-fn serve_once(body: Vec<u8>) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/rootfs.tar.gz", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut byte = [0; 1];
-        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
-            request.push(byte[0]);
-        }
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(&body).unwrap();
-    });
-    url
-}
-
 #[test]
 fn import_makes_a_one_layer_image_from_a_tar() {
     use berth_tests::docker::busybox_root;
@@ -251,7 +229,7 @@ fn import_makes_a_one_layer_image_from_a_tar() {
     assert_eq!(history.trim(), "Imported from -");
 
     // From a URL.
-    let url = serve_once(gzip(&tar));
+    let url = berth_tests::serve_once("rootfs.tar.gz", gzip(&tar));
     d.ok(&["import", &url, "local/url:1"]);
     assert_eq!(layer("local/url:1"), layer("local/root:1"));
     let history = d.ok(&["history", "--format", "{{.Comment}}", "local/url:1"]);

@@ -42,7 +42,15 @@ pub enum Source {
         /// Its last component.
         name: String,
     },
-    /// Bytes to become a file (a heredoc, a download).
+    /// A downloaded file (`ADD https://…`), unlinked and open: copied as
+    /// it is, never extracted, with mode 0600 (as dockerd writes it).
+    Download {
+        /// The open file.
+        fd: OwnedFd,
+        /// The name it gets.
+        name: String,
+    },
+    /// Bytes to become a file (a heredoc).
     Bytes {
         /// The file's name.
         name: String,
@@ -52,6 +60,9 @@ pub enum Source {
         mode: u32,
     },
 }
+
+/// The mode of a file `ADD` downloaded.
+const DOWNLOAD_MODE: u32 = 0o600;
 
 /// What one copy step does.
 #[derive(Debug)]
@@ -234,7 +245,7 @@ impl CopySpec {
         let mut kinds = Vec::new();
         for source in &self.sources {
             let kind = match source {
-                Source::Bytes { .. } => None,
+                Source::Bytes { .. } | Source::Download { .. } => None,
                 Source::Path { fd, name } => {
                     let path = fd_path(fd);
                     let meta = fs::metadata(&path)
@@ -289,6 +300,18 @@ impl CopySpec {
                             mtime: mtime_of(&meta),
                         });
                     }
+                }
+                (Source::Download { fd, name }, _) => {
+                    let path = fd_path(fd);
+                    let size = fs::metadata(&path)
+                        .map_err(|e| BuildError::io(format!("stat the download {name}"), e))?
+                        .len();
+                    items.push(Planned {
+                        rel: named(name),
+                        item: Item::File { path, size },
+                        mode: DOWNLOAD_MODE,
+                        mtime: now_secs(),
+                    });
                 }
                 (Source::Path { .. }, None) => {}
             }

@@ -1020,17 +1020,14 @@ impl Build {
         result
     }
 
-    /// `ADD https://…`: the file, downloaded.
+    /// `ADD https://…`: the file, downloaded into an unlinked file under
+    /// the build's directory.
     async fn download(&mut self, url: &str) -> Result<copy::Source, BuildError> {
-        let failed = |e: reqwest::Error| BuildError::Step(format!("download {url}: {e}"));
-        let response = reqwest::get(url).await.map_err(failed)?;
-        if !response.status().is_success() {
-            return Err(BuildError::Step(format!(
-                "download {url}: {}",
-                response.status()
-            )));
-        }
-        let data = response.bytes().await.map_err(failed)?.to_vec();
+        let file = tempfile::tempfile_in(&self.work)
+            .map_err(|e| BuildError::io("make a file for a download", e))?;
+        crate::download::to_file(url, &file)
+            .await
+            .map_err(|e| BuildError::Step(e.to_string()))?;
         let name = url
             .split(['?', '#'])
             .next()
@@ -1038,10 +1035,9 @@ impl Build {
             .filter(|n| !n.is_empty() && *n != "." && *n != "..")
             .unwrap_or("index.html")
             .to_owned();
-        Ok(copy::Source::Bytes {
+        Ok(copy::Source::Download {
+            fd: file.into(),
             name,
-            data,
-            mode: 0o600,
         })
     }
 

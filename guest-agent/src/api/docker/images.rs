@@ -913,19 +913,12 @@ fn import_settings(
 
 /// Writes what `url` answers into `file`.
 async fn download(url: &str, file: &std::fs::File) -> Result<()> {
-    use std::io::Write;
-    let failed = |e: reqwest::Error| ApiError::bad_request(format!("cannot download {url}: {e}"));
-    let mut response = reqwest::get(url)
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(failed)?;
-    let mut file = file;
-    while let Some(chunk) = response.chunk().await.map_err(failed)? {
-        file.write_all(&chunk).map_err(|e| {
-            ApiError::from(crate::engine::EngineError::Internal(format!(
-                "spool {url}: {e}"
-            )))
-        })?;
+    use crate::download::DownloadError;
+    match crate::download::to_file(url, file).await {
+        Ok(_) => Ok(()),
+        Err(e @ DownloadError::Fetch { .. }) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ DownloadError::Write { .. }) => Err(ApiError::from(
+            crate::engine::EngineError::Internal(e.to_string()),
+        )),
     }
-    Ok(())
 }
