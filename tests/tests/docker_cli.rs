@@ -127,6 +127,51 @@ fn detached_container_logs_follow_and_ps_shows_status() {
 }
 
 #[test]
+fn ps_filters_select_as_dockerd_does() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    for name in ["first", "second", "third"] {
+        d.ok(&["create", "--name", name, &image, "true"]);
+    }
+    d.ok(&[
+        "create",
+        "--name",
+        "alone",
+        "--network",
+        "none",
+        &image,
+        "true",
+    ]);
+    let names = |filter: &str| {
+        let mut names: Vec<String> = d
+            .ok(&["ps", "-a", "--format", "{{.Names}}", "--filter", filter])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.join(" ")
+    };
+    assert_eq!(names("before=second"), "first");
+    assert_eq!(names("since=second"), "alone third");
+    assert_eq!(names("status=created"), "alone first second third");
+    assert_eq!(names("network=none"), "alone");
+    assert_eq!(names("network=bridge"), "first second third");
+    // Refused, as dockerd refuses them, rather than ignored.
+    for (filter, error) in [
+        ("colour=red", "invalid filter 'colour'"),
+        ("status=asleep", "invalid filter 'status=asleep'"),
+        ("publish=80", "the filter 'publish' is not supported"),
+        ("before=nobody", "nobody"),
+    ] {
+        let out = d.run(&["ps", "-a", "--filter", filter]);
+        assert!(!out.status.success(), "{filter} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(error), "{filter}: {stderr}");
+    }
+}
+
+#[test]
 fn stop_waits_the_timeout_then_kills() {
     require_root();
     let d = Engine::start();
@@ -550,6 +595,41 @@ fn wait_for_inspect(d: &Engine, name: &str, format: &str, want: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_health_check_past_its_timeout_is_killed() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hung",
+        "--health-cmd",
+        "sleep 30",
+        "--health-interval",
+        "1s",
+        "--health-timeout",
+        "1s",
+        "--health-retries",
+        "1",
+        &image,
+        "sleep",
+        "300",
+    ]);
+    let health = || d.ok(&["inspect", "-f", "{{.State.Health.Status}}", "hung"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health().trim() != "unhealthy" {
+        assert!(Instant::now() < deadline, "never unhealthy: {}", health());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Several checks have timed out by now; none of them lives on.
+    std::thread::sleep(Duration::from_secs(4));
+    let ps = d.ok(&["exec", "hung", "ps"]);
+    let hung = ps.lines().filter(|l| l.contains("sleep 30")).count();
+    assert!(hung <= 1, "checks past their timeout still run:\n{ps}");
 }
 
 #[test]

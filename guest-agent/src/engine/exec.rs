@@ -98,6 +98,22 @@ impl Exec {
         self.state.subscribe()
     }
 
+    /// Kills its process, and what that started, at once (a health check
+    /// past its timeout). The pid is the exec shim's, which cannot pass
+    /// SIGKILL on: the whole tree below it is killed.
+    pub fn kill(&self) {
+        let pid = self.state().pid;
+        if pid <= 0 {
+            return;
+        }
+        for p in process_tree(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Sets the terminal size, if it has one.
     pub fn resize(&self, rows: u16, cols: u16) {
         if let Some(master) = self
@@ -463,6 +479,29 @@ pub struct ExecShimArgs {
     /// Where to send the pty master.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
+}
+
+/// `pid` and every process below it (as `/proc/PID/task/*/children` tell),
+/// all gathered before any is signalled.
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = all.get(next) {
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                all.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    all
 }
 
 /// Runs the exec and exits with its status; a runtime failure goes to

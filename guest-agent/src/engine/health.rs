@@ -170,6 +170,10 @@ impl Engine {
         let engine = self.clone();
         let mut watch = container.watch();
         let run = watch.borrow().exits;
+        // It may have exited already: its exit is not among those watched.
+        if !container.record().state.status.is_running() {
+            return;
+        }
         container.update(|r| {
             r.state.health = Some(Health {
                 status: "starting".into(),
@@ -269,13 +273,7 @@ impl Engine {
             Ok(Err(e)) => (-1, e.to_string()),
             Err(_) => {
                 if let Ok(exec) = self.exec(&id) {
-                    let pid = exec.state().pid;
-                    if pid > 0 {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
+                    exec.kill();
                 }
                 (
                     -1,

@@ -74,42 +74,37 @@ fn capability(name: &str) -> Result<Capability, EngineError> {
 }
 
 /// The capabilities after `--cap-add` and `--cap-drop`, as dockerd works
-/// them out: Docker's default set, less what is dropped (`ALL` drops
-/// every one), plus what is added (`ALL` adds every one).
+/// them out: with `--cap-add ALL`, every one but those dropped; with
+/// `--cap-drop ALL`, only those added; else Docker's default set, less
+/// what is dropped, plus what is added.
 pub fn capabilities(
     host: &HostConfig,
 ) -> Result<std::collections::HashSet<Capability>, EngineError> {
-    let all = |list: &Option<Vec<String>>| {
+    let is_all = |c: &String| c.eq_ignore_ascii_case("ALL") || c.eq_ignore_ascii_case("CAP_ALL");
+    let named = |list: &Option<Vec<String>>| -> Result<Vec<Capability>, EngineError> {
         list.iter()
             .flatten()
-            .any(|c| c.eq_ignore_ascii_case("ALL") || c.eq_ignore_ascii_case("CAP_ALL"))
+            .filter(|c| !is_all(c))
+            .map(|c| capability(c))
+            .collect()
     };
-    let mut caps: std::collections::HashSet<Capability> = if all(&host.cap_drop) {
-        Default::default()
-    } else {
-        CAPABILITIES.into_iter().collect()
-    };
-    for name in host
-        .cap_drop
-        .iter()
-        .flatten()
-        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
-    {
-        caps.remove(&capability(name)?);
-    }
-    if all(&host.cap_add) {
+    let (adds, drops) = (named(&host.cap_add)?, named(&host.cap_drop)?);
+    let base: Vec<Capability> = if host.cap_add.iter().flatten().any(is_all) {
         // Those this runtime's oci-spec knows.
-        caps.extend(ALL_CAPABILITIES.iter().filter_map(|c| capability(c).ok()));
-    }
-    for name in host
-        .cap_add
-        .iter()
-        .flatten()
-        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
-    {
-        caps.insert(capability(name)?);
-    }
-    Ok(caps)
+        ALL_CAPABILITIES
+            .iter()
+            .filter_map(|c| capability(c).ok())
+            .collect()
+    } else if host.cap_drop.iter().flatten().any(is_all) {
+        Vec::new()
+    } else {
+        CAPABILITIES.to_vec()
+    };
+    Ok(base
+        .into_iter()
+        .filter(|c| !drops.contains(c))
+        .chain(adds)
+        .collect())
 }
 
 /// Whether `--security-opt` asks for no new privileges; other options
@@ -147,9 +142,17 @@ fn rlimits(host: &HostConfig) -> Result<Vec<oci_spec::runtime::PosixRlimit>, Eng
             serde_json::Value::String(format!("RLIMIT_{}", u.name.to_ascii_uppercase())),
         )
         .map_err(|_| EngineError::Invalid(format!("invalid ulimit type: {}", u.name)))?;
-        let (Ok(soft), Ok(hard)) = (u64::try_from(u.soft), u64::try_from(u.hard)) else {
+        // -1 is unlimited, as with dockerd.
+        let limit = |v: i64| {
+            if v == -1 {
+                Ok(u64::MAX)
+            } else {
+                u64::try_from(v)
+            }
+        };
+        let (Ok(soft), Ok(hard)) = (limit(u.soft), limit(u.hard)) else {
             return Err(EngineError::Invalid(format!(
-                "invalid ulimit {}: limits must not be negative",
+                "invalid ulimit {}: limits must be -1 (unlimited) or more",
                 u.name
             )));
         };
@@ -683,5 +686,42 @@ mod tests {
             (1000, 1000, vec![100, 5])
         );
         assert!(resolve_user(dir.path(), "", &["ghosts".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_as_dockerd_does() {
+        let host = |add: &[&str], drop: &[&str]| HostConfig {
+            cap_add: Some(add.iter().map(|s| (*s).to_owned()).collect()),
+            cap_drop: Some(drop.iter().map(|s| (*s).to_owned()).collect()),
+            ..HostConfig::default()
+        };
+        let caps = capabilities(&host(&["ALL"], &["NET_RAW"])).unwrap();
+        assert!(caps.contains(&Capability::SysAdmin));
+        assert!(!caps.contains(&Capability::NetRaw));
+        let caps = capabilities(&host(&["CAP_ALL"], &[])).unwrap();
+        assert!(caps.contains(&Capability::SysAdmin));
+        let caps = capabilities(&host(&["chown"], &["ALL"])).unwrap();
+        assert_eq!(
+            caps.into_iter().collect::<Vec<_>>(),
+            vec![Capability::Chown]
+        );
+        let caps = capabilities(&host(&[], &["chown"])).unwrap();
+        assert!(!caps.contains(&Capability::Chown) && caps.contains(&Capability::Kill));
+        assert!(capabilities(&host(&["FLY"], &[])).is_err());
+    }
+
+    #[test]
+    fn an_unlimited_ulimit_is_minus_one() {
+        let host = |soft, hard| HostConfig {
+            ulimits: Some(vec![crate::engine::config::Ulimit {
+                name: "memlock".into(),
+                soft,
+                hard,
+            }]),
+            ..HostConfig::default()
+        };
+        let limits = rlimits(&host(-1, -1)).unwrap();
+        assert_eq!((limits[0].soft(), limits[0].hard()), (u64::MAX, u64::MAX));
+        assert!(rlimits(&host(-2, 10)).is_err());
     }
 }

@@ -270,6 +270,54 @@ pub(super) fn summary(_engine: &Engine, c: &Container) -> Value {
     })
 }
 
+/// The `docker ps` filters dockerd knows and Berth applies; `before` and
+/// `since` hold the creation time of the container they name once
+/// [`ps_filters`] has resolved them.
+const PS_FILTERS: &[&str] = &[
+    "ancestor", "before", "exited", "health", "id", "label", "name", "network", "since", "status",
+];
+
+/// dockerd's other `ps` filters: refused, not ignored (ignoring one would
+/// list what was filtered out).
+const PS_FILTERS_NOT_BUILT: &[&str] = &["expose", "isolation", "is-task", "publish", "volume"];
+
+/// A container's states, as `status=` names them.
+const STATUSES: &[&str] = &[
+    "created",
+    "restarting",
+    "running",
+    "removing",
+    "paused",
+    "exited",
+    "dead",
+];
+
+/// The `ps` request's filters, checked as dockerd checks them, with
+/// `before` and `since` resolved to the named container's creation time.
+fn ps_filters(engine: &Engine, query: &Query) -> Result<Vec<(String, String)>> {
+    let mut filters = query.filters()?;
+    for (k, v) in &mut filters {
+        match k.as_str() {
+            k if PS_FILTERS_NOT_BUILT.contains(&k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the filter '{k}' is not supported by Berth"
+                )))
+            }
+            k if !PS_FILTERS.contains(&k) => {
+                return Err(ApiError::bad_request(format!("invalid filter '{k}'")))
+            }
+            "status" if !STATUSES.contains(&v.as_str()) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid filter 'status={v}'"
+                )))
+            }
+            "before" | "since" => *v = engine.container(v)?.record().created,
+            _ => {}
+        }
+    }
+    Ok(filters)
+}
+
 fn matches(c: &Container, filters: &[(String, String)]) -> bool {
     let r = c.record();
     let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
@@ -292,6 +340,16 @@ fn matches(c: &Container, filters: &[(String, String)]) -> bool {
             },
             "ancestor" => r.image_name == *v || r.image.config.to_string().contains(v),
             "exited" => r.state.status == Status::Exited && r.state.exit_code.to_string() == *v,
+            "before" => r.created.as_str() < *v,
+            "since" => r.created.as_str() > *v,
+            "network" => {
+                r.host_config.network_mode == *v
+                    || r.network.attachments.iter().any(|a| a.network == *v)
+                    || r.network
+                        .endpoints
+                        .iter()
+                        .any(|e| !v.is_empty() && e.network_id.starts_with(v))
+            }
             "health" => {
                 r.state
                     .health
@@ -299,7 +357,8 @@ fn matches(c: &Container, filters: &[(String, String)]) -> bool {
                     .map_or("none", |h| h.status.as_str())
                     == *v
             }
-            _ => true,
+            // ps_filters let no other through.
+            _ => false,
         })
     })
 }
@@ -308,7 +367,7 @@ pub(super) fn list(engine: &Arc<Engine>, req: &Request<Incoming>) -> Result<Resp
     let query = Query::parse(req);
     let all = query.flag("all");
     let limit = query.int("limit")?.filter(|l| *l > 0);
-    let filters = query.filters()?;
+    let filters = ps_filters(engine, &query)?;
     let mut containers = engine.containers();
     containers.sort_by(|a, b| b.record().created.cmp(&a.record().created));
     let mut rows: Vec<Value> = containers
