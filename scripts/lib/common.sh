@@ -15,16 +15,30 @@ as_root() {
   fi
 }
 
-# ensure_packages PKG...: installs the Debian packages that are missing.
-ensure_packages() {
-  local missing=()
+# missing_packages PKG...: prints those of PKG that are not installed.
+missing_packages() {
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || echo "$pkg"
   done
+}
+
+# ensure_packages PKG...: installs the Debian packages that are missing.
+# Installing some can remove others (a backported qemu-utils goes when
+# Debian's qemu-system-x86 comes in): those are installed again, from the
+# versions that fit.
+ensure_packages() {
+  local missing
+  mapfile -t missing < <(missing_packages "$@")
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing Debian packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  mapfile -t missing < <(missing_packages "$@")
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages the first install removed: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  mapfile -t missing < <(missing_packages "$@")
+  [ ${#missing[@]} -eq 0 ] || die "these Debian packages could not be installed: ${missing[*]}"
 }
 
 # ensure_rust_targets TARGET...: adds the rustup targets that are missing.
