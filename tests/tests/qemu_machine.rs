@@ -250,6 +250,14 @@ fn qemu_machine_lifecycle() {
         docker_ok(&berth, "vm", &["run", "--rm", &image, "echo", "again"]),
         "again\n"
     );
+    // The last boot, its later part done (the container above waited for
+    // it), logged no warning and no error.
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    let complaints: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
 
     // berth scp both ways: a file, then a directory with -r.
     let work = tempfile::tempdir().unwrap();

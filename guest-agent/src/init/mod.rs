@@ -15,6 +15,7 @@
 //! there. Init never returns; a step that fails is logged and, where the
 //! agent cannot work without it, ends in a power-off.
 //!
+//! - [`children`] — programs a thread of init runs and waits for.
 //! - [`cmdline`] — the settings on the kernel command line.
 //! - [`rootfs`] — the root's move off the initramfs's mount.
 //! - [`system`] — mounts, modules, cgroups, hostname, clock.
@@ -27,10 +28,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+pub mod children;
 pub mod cmdline;
 pub mod disk;
 pub mod net;
@@ -143,15 +144,10 @@ fn supervise(settings: &cmdline::Settings) -> ! {
             power::shutdown(agent.as_mut());
         }
         let agent_pid = agent.as_ref().map(|c| Pid::from_raw(c.id() as i32));
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    if status.pid().is_some() && status.pid() == agent_pid {
-                        warn!("berth-agent serve ended ({status:?}); starting it again");
-                        agent = None;
-                    }
-                }
+        for status in children::reap() {
+            if status.pid().is_some() && status.pid() == agent_pid {
+                warn!("berth-agent serve ended ({status:?}); starting it again");
+                agent = None;
             }
         }
         if agent.is_none() {

@@ -116,12 +116,9 @@ fn install_busybox() {
     if !busybox.exists() {
         return;
     }
-    match std::process::Command::new(busybox)
-        .args(["--install", "-s"])
-        .status()
-    {
-        Ok(status) if status.success() => {}
-        Ok(status) => warn!("busybox --install failed ({status})"),
+    match super::children::run(std::process::Command::new(busybox).args(["--install", "-s"])) {
+        Ok(status) if super::children::succeeded(&status) => {}
+        Ok(status) => warn!("busybox --install failed ({status:?})"),
         Err(e) => warn!("cannot run busybox: {e}"),
     }
 }
