@@ -417,6 +417,19 @@ fn mount_and_tmpfs_options_mount_what_they_say() {
         ]),
         "/anon\n"
     );
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,target=/anon,readonly",
+            &image,
+            "sh",
+            "-c",
+            "touch /anon/x 2>/dev/null || echo refused",
+        ]),
+        "refused\n"
+    );
     // Tmpfs mounts, from both options, with their sizes and flags.
     let mounts = d.ok(&[
         "run",
@@ -447,6 +460,44 @@ fn mount_and_tmpfs_options_mount_what_they_say() {
         inspect.trim(),
     ]);
     assert_eq!(types.trim(), "bind:/data tmpfs:/t");
+    let anonymous = d.ok(&[
+        "create",
+        "--mount",
+        "type=volume,target=/anon,readonly",
+        &image,
+        "true",
+    ]);
+    let shown = d.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}}:{{.Destination}}:{{.RW}}:{{.Name}} {{end}}",
+        anonymous.trim(),
+    ]);
+    // Named after the container, as the volume its start makes.
+    assert_eq!(
+        shown.trim(),
+        format!("volume:/anon:false:{}0000", &anonymous.trim()[..48])
+    );
+    // A bind whose source went away after create: still shown, and start
+    // says why it cannot mount it.
+    let going = tempfile::tempdir().unwrap();
+    let vanishing = format!("type=bind,source={},target=/gone", going.path().display());
+    let orphan = d.ok(&["create", "--mount", &vanishing, &image, "true"]);
+    drop(going);
+    let shown = d.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}",
+        orphan.trim(),
+    ]);
+    assert_eq!(shown.trim(), "bind:/gone");
+    let out = d.run(&["start", orphan.trim()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("bind source path does not exist"),
+        "{}",
+        text(&out)
+    );
 
     // What cannot be mounted is refused at create, with the reason.
     let missing = format!("type=bind,source={}/nope,target=/h", dir.path().display());

@@ -389,3 +389,121 @@ fn none_has_only_loopback_and_cycles_leave_nothing_behind() {
     assert_eq!(netns, 0, "network namespaces left");
     assert!(TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
 }
+
+/// A DNS server for one test: answers every `A` question with `address`,
+/// anything else with no answer, until the process ends.
+fn answering_dns_server(at: &str, address: [u8; 4]) {
+    let socket = UdpSocket::bind(at).unwrap_or_else(|e| panic!("bind {at}: {e}"));
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let query = &buf[..n];
+            if n < 12 {
+                continue;
+            }
+            // The question: labels up to the root, then type and class.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + usize::from(query[end]);
+            }
+            let end = end + 5;
+            if end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
+            let mut reply = query[..end].to_vec();
+            reply[2] = 0x81; // a response, recursion desired
+            reply[3] = 0x80; // recursion available
+            reply[6..12].copy_from_slice(&[0, u8::from(qtype == 1), 0, 0, 0, 0]);
+            if qtype == 1 {
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&address);
+            }
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+}
+
+#[test]
+fn a_containers_own_dns_servers_answer_for_it_on_a_user_network() {
+    require_root();
+    let _one_at_a_time = serial();
+    // A server of the test's own on a loopback address of this host, which
+    // the network's resolver (on the host's side) can reach.
+    answering_dns_server("127.53.0.9:53", [10, 1, 2, 3]);
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&["network", "create", "--subnet", "10.214.9.0/24", "named"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "peer",
+        "--network",
+        "named",
+        &image,
+        "sleep",
+        "300",
+    ]);
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "named",
+        "--dns",
+        "127.53.0.9",
+        &image,
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; nslookup probe.example; nslookup peer",
+    ]);
+    // The network's resolver stays the container's server; it relays to
+    // the container's own, and still answers for the network's members.
+    assert!(out.contains("nameserver 10.214.9.1"), "{out}");
+    assert!(!out.contains("nameserver 127.53.0.9"), "{out}");
+    assert!(out.contains("Address: 10.1.2.3"), "{out}");
+    assert!(out.contains("10.214.9."), "{out}");
+    // Without --dns, the same question goes to the host's servers instead.
+    let out = d.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "named",
+        &image,
+        "nslookup",
+        "probe.example",
+    ]);
+    assert!(!text(&out).contains("10.1.2.3"), "{}", text(&out));
+    d.ok(&["rm", "-f", "peer"]);
+    d.ok(&["network", "rm", "named"]);
+}
+
+#[test]
+fn a_container_on_the_hosts_network_gets_the_hosts_names_and_its_own_dns() {
+    require_root();
+    let d = Engine::start();
+    let image = d.busybox();
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--dns",
+        "9.9.9.9",
+        "--add-host",
+        "db.local:10.9.8.7",
+        &image,
+        "sh",
+        "-c",
+        "hostname; cat /etc/resolv.conf /etc/hosts",
+    ]);
+    let host = nix::unistd::gethostname().unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), host.to_str(), "{out}");
+    assert!(out.lines().any(|l| l == "nameserver 9.9.9.9"), "{out}");
+    assert_eq!(out.matches("nameserver").count(), 1, "{out}");
+    assert!(out.contains("10.9.8.7\tdb.local"), "{out}");
+    let own_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    let first = own_hosts.lines().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(out.lines().any(|l| l == first), "{out}");
+}

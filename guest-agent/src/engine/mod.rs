@@ -573,7 +573,7 @@ impl Engine {
                 "conflicting options: cannot specify both --restart and --rm".into(),
             ));
         }
-        volumes::requested(&host_config)?;
+        volumes::check_sources(&volumes::requested(&host_config)?)?;
         spec::check(&host_config)?;
         if let Some(check) = &config.healthcheck {
             health::check(check)?;
@@ -611,7 +611,15 @@ impl Engine {
         };
         let mut config = config;
         if config.hostname.is_empty() {
-            config.hostname = id[..12].to_owned();
+            // On the host's network it is the host's name, as with dockerd.
+            config.hostname = if host_config.network_mode == "host" {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| id[..12].to_owned())
+            } else {
+                id[..12].to_owned()
+            };
         }
         let record = Record {
             id: id.clone(),
@@ -869,65 +877,14 @@ impl Engine {
         }
     }
 
-    /// What the container mounts besides the defaults: binds and volumes
-    /// (`-v`, `--mount`, VOLUME), and tmpfs mounts.
-    fn mounts(
+    /// What the container mounts besides the defaults (`-v`, `--mount`,
+    /// `--tmpfs`, `VOLUME`), named but not made.
+    pub fn mount_points(
         &self,
         record: &Record,
         image_cfg: &oci_spec::image::Config,
-    ) -> Result<(Vec<spec::Bind>, Vec<spec::Tmpfs>), EngineError> {
-        let mut out = Vec::new();
-        let mut tmpfs = Vec::new();
-        let mut covered = std::collections::HashSet::new();
-        let mut anonymous = Vec::new();
-        for requested in volumes::requested(&record.host_config)? {
-            let bind = match requested {
-                volumes::Requested::Bind(bind) => bind,
-                volumes::Requested::Anonymous { destination } => {
-                    anonymous.push(destination);
-                    continue;
-                }
-                volumes::Requested::Tmpfs {
-                    destination,
-                    options,
-                } => {
-                    covered.insert(destination.clone());
-                    tmpfs.push(spec::Tmpfs {
-                        destination,
-                        options,
-                    });
-                    continue;
-                }
-            };
-            let source = match &bind.source {
-                volumes::Source::Path(p) => {
-                    if !p.exists() {
-                        std::fs::create_dir_all(p)
-                            .map_err(EngineError::io(format!("create {}", p.display())))?;
-                    }
-                    p.clone()
-                }
-                volumes::Source::Volume(name) => {
-                    let v = self.volumes.ensure(name, false, BTreeMap::new())?;
-                    self.volumes.data(&v.name)
-                }
-            };
-            covered.insert(bind.destination.clone());
-            out.push(spec::Bind {
-                source,
-                destination: bind.destination,
-                read_only: bind.read_only,
-            });
-        }
-        // The image's and the container's VOLUMEs without a bind: an
-        // anonymous volume each, named after the container.
-        let mut wanted: Vec<String> = image_cfg
-            .volumes()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        wanted.extend(
+    ) -> Result<Vec<volumes::Planned>, EngineError> {
+        let declared = image_cfg.volumes().iter().flatten().cloned().chain(
             record
                 .config
                 .volumes
@@ -935,41 +892,97 @@ impl Engine {
                 .flatten()
                 .map(|(k, _)| k.clone()),
         );
-        wanted.extend(anonymous);
-        wanted.sort();
-        wanted.dedup();
-        for (i, path) in wanted.iter().enumerate() {
-            if covered.contains(path) {
-                continue;
+        Ok(volumes::plan(
+            &record.id,
+            volumes::requested(&record.host_config)?,
+            declared,
+        ))
+    }
+
+    /// The container's mounts besides the defaults, made ready: volumes
+    /// made, a missing `-v` source made, a missing `--mount` source refused.
+    fn mounts(
+        &self,
+        record: &Record,
+        image_cfg: &oci_spec::image::Config,
+    ) -> Result<(Vec<spec::Bind>, Vec<spec::Tmpfs>), EngineError> {
+        let planned = self.mount_points(record, image_cfg)?;
+        let mut binds = Vec::new();
+        let mut tmpfs = Vec::new();
+        for mount in planned {
+            match mount {
+                volumes::Planned::Bind(bind) => {
+                    let source = match &bind.source {
+                        volumes::Source::Path(p) => {
+                            if !p.exists() {
+                                volumes::check_sources(&[volumes::Requested::Bind(bind.clone())])?;
+                                std::fs::create_dir_all(p)
+                                    .map_err(EngineError::io(format!("create {}", p.display())))?;
+                            }
+                            p.clone()
+                        }
+                        volumes::Source::Volume(name) => {
+                            let v = self.volumes.ensure(name, false, BTreeMap::new())?;
+                            self.volumes.data(&v.name)
+                        }
+                    };
+                    binds.push(spec::Bind {
+                        source,
+                        destination: bind.destination,
+                        read_only: bind.read_only,
+                    });
+                }
+                volumes::Planned::Anonymous {
+                    name,
+                    destination,
+                    read_only,
+                } => {
+                    let v = self.volumes.ensure(&name, true, BTreeMap::new())?;
+                    binds.push(spec::Bind {
+                        source: self.volumes.data(&v.name),
+                        destination,
+                        read_only,
+                    });
+                }
+                volumes::Planned::Tmpfs {
+                    destination,
+                    options,
+                } => tmpfs.push(spec::Tmpfs {
+                    destination,
+                    options,
+                }),
             }
-            let name = format!("{}{:04}", &record.id[..48], i);
-            let v = self.volumes.ensure(&name, true, BTreeMap::new())?;
-            out.push(spec::Bind {
-                source: self.volumes.data(&v.name),
-                destination: path.clone(),
-                read_only: false,
-            });
         }
-        Ok((out, tmpfs))
+        Ok((binds, tmpfs))
     }
 
     /// The container's `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`.
+    ///
+    /// On the host's network they are made from the host's own (its hosts
+    /// file and resolvers, loopback ones too: the container shares the
+    /// host's loopback), with `--add-host` and `--dns…` applied.
     fn etc_files(&self, record: &Record) -> Result<Vec<spec::Bind>, EngineError> {
-        if record.host_config.network_mode == "host" {
-            return Ok(Vec::new());
-        }
+        let on_host = record.host_config.network_mode == "host";
         let dir = self.container_dir(&record.id);
         let hostname = &record.config.hostname;
-        // The container's own address names it; without one, 127.0.1.1.
-        let own = record
-            .network
-            .endpoints
-            .iter()
-            .find_map(|e| e.address)
-            .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
-        let mut hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
-        );
+        let mut hosts = if on_host {
+            let mut own = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            if !own.is_empty() && !own.ends_with('\n') {
+                own.push('\n');
+            }
+            own
+        } else {
+            // The container's own address names it; without one, 127.0.1.1.
+            let own = record
+                .network
+                .endpoints
+                .iter()
+                .find_map(|e| e.address)
+                .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
+            )
+        };
         let gateway = record.network.endpoints.iter().find_map(|e| e.gateway);
         for (name, address) in spec::extra_hosts(&record.host_config)? {
             let address = match address {
@@ -1000,6 +1013,8 @@ impl Engine {
                 // from the container's own network.
                 if resolver.is_some() {
                     !l.starts_with("nameserver")
+                } else if on_host {
+                    true
                 } else {
                     !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
                 }
@@ -1056,6 +1071,7 @@ impl Engine {
             id: &record.id,
             name: &record.name,
             netns: &netns,
+            dns: record.host_config.dns.as_deref().unwrap_or_default(),
         };
         let wanted: Vec<(String, Vec<String>)> = record
             .network
@@ -1126,6 +1142,7 @@ impl Engine {
                 id: &record.id,
                 name: &record.name,
                 netns,
+                dns: record.host_config.dns.as_deref().unwrap_or_default(),
             };
             let endpoints = self
                 .networks
@@ -1210,6 +1227,7 @@ impl Engine {
             id: &record.id,
             name: &record.name,
             netns,
+            dns: record.host_config.dns.as_deref().unwrap_or_default(),
         };
         let requests: Vec<crate::network::PortRequest> = record
             .network

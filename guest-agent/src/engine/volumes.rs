@@ -44,6 +44,9 @@ pub struct Bind {
     pub destination: String,
     /// `ro`.
     pub read_only: bool,
+    /// A missing source path is made at start (`-v`); for `--mount
+    /// type=bind` it must exist.
+    pub make_source: bool,
 }
 
 /// A `--mount` or `--tmpfs`, checked.
@@ -56,6 +59,8 @@ pub enum Requested {
     Anonymous {
         /// Where, in the container.
         destination: String,
+        /// `readonly`.
+        read_only: bool,
     },
     /// A tmpfs.
     Tmpfs {
@@ -71,14 +76,16 @@ impl Requested {
     pub fn destination(&self) -> &str {
         match self {
             Requested::Bind(b) => &b.destination,
-            Requested::Anonymous { destination } | Requested::Tmpfs { destination, .. } => {
+            Requested::Anonymous { destination, .. } | Requested::Tmpfs { destination, .. } => {
                 destination
             }
         }
     }
 }
 
-/// Checks a `--mount` as dockerd does: a bind's source must exist.
+/// Checks a `--mount`'s form as dockerd does. Whether a bind's source
+/// exists is [`check_sources`]'s question: it is asked at create and start,
+/// not when the container is only looked at.
 pub fn parse_mount(m: &super::config::MountRequest) -> Result<Requested, EngineError> {
     let invalid = |why: String| {
         EngineError::Invalid(format!(
@@ -101,25 +108,24 @@ pub fn parse_mount(m: &super::config::MountRequest) -> Result<Requested, EngineE
                     m.source
                 )));
             }
-            if !std::path::Path::new(&m.source).exists() {
-                return Err(invalid(format!(
-                    "bind source path does not exist: {}",
-                    m.source
-                )));
-            }
             Ok(Requested::Bind(Bind {
                 source: Source::Path(PathBuf::from(&m.source)),
                 destination,
                 read_only: m.read_only,
+                make_source: false,
             }))
         }
-        "volume" if m.source.is_empty() => Ok(Requested::Anonymous { destination }),
+        "volume" if m.source.is_empty() => Ok(Requested::Anonymous {
+            destination,
+            read_only: m.read_only,
+        }),
         "volume" => {
             validate(&m.source)?;
             Ok(Requested::Bind(Bind {
                 source: Source::Volume(m.source.clone()),
                 destination,
                 read_only: m.read_only,
+                make_source: false,
             }))
         }
         "tmpfs" => {
@@ -212,6 +218,88 @@ pub fn requested(host: &super::config::HostConfig) -> Result<Vec<Requested>, Eng
     Ok(out)
 }
 
+/// A mount the container gets besides the defaults, as start makes it and
+/// inspect shows it: [`Requested`] with its anonymous volumes named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// A host path or a named volume.
+    Bind(Bind),
+    /// A volume of the container's own (`--mount type=volume` without a
+    /// source, or a `VOLUME` nothing else covers).
+    Anonymous {
+        /// The volume's name.
+        name: String,
+        /// Where, in the container.
+        destination: String,
+        /// `readonly`.
+        read_only: bool,
+    },
+    /// A tmpfs.
+    Tmpfs {
+        /// Where, in the container.
+        destination: String,
+        /// Its mount options.
+        options: Vec<String>,
+    },
+}
+
+/// What container `id` mounts: what it asked for, and an anonymous volume
+/// for each of `declared` (the image's and the container's `VOLUME`s) and
+/// each sourceless volume mount, unless a bind or tmpfs is already there.
+/// An anonymous volume is named after the container and its place in the
+/// sorted list of those paths, so it is the same one at every start.
+pub fn plan(
+    id: &str,
+    requested: Vec<Requested>,
+    declared: impl IntoIterator<Item = String>,
+) -> Vec<Planned> {
+    let mut out = Vec::new();
+    let mut covered = std::collections::HashSet::new();
+    let mut wanted: Vec<String> = declared.into_iter().collect();
+    let mut read_only = std::collections::HashSet::new();
+    for r in requested {
+        match r {
+            Requested::Bind(bind) => {
+                covered.insert(bind.destination.clone());
+                out.push(Planned::Bind(bind));
+            }
+            Requested::Tmpfs {
+                destination,
+                options,
+            } => {
+                covered.insert(destination.clone());
+                out.push(Planned::Tmpfs {
+                    destination,
+                    options,
+                });
+            }
+            Requested::Anonymous {
+                destination,
+                read_only: ro,
+            } => {
+                if ro {
+                    read_only.insert(destination.clone());
+                }
+                wanted.push(destination);
+            }
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    let stem = &id[..id.len().min(48)];
+    for (i, destination) in wanted.into_iter().enumerate() {
+        if covered.contains(&destination) {
+            continue;
+        }
+        out.push(Planned::Anonymous {
+            name: format!("{stem}{i:04}"),
+            read_only: read_only.contains(&destination),
+            destination,
+        });
+    }
+    out
+}
+
 /// Parses `-v` text as Docker reads it.
 pub fn parse_bind(text: &str) -> Result<Bind, EngineError> {
     let invalid = || EngineError::Invalid(format!("invalid volume specification: '{text}'"));
@@ -243,7 +331,29 @@ pub fn parse_bind(text: &str) -> Result<Bind, EngineError> {
         source,
         destination: destination.to_owned(),
         read_only,
+        make_source: true,
     })
+}
+
+/// Refuses a `--mount type=bind` whose source does not exist, in dockerd's
+/// words (a `-v` source is made instead).
+pub fn check_sources(requested: &[Requested]) -> Result<(), EngineError> {
+    for r in requested {
+        if let Requested::Bind(Bind {
+            source: Source::Path(path),
+            make_source: false,
+            ..
+        }) = r
+        {
+            if !path.exists() {
+                return Err(EngineError::Invalid(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate(name: &str) -> Result<(), EngineError> {
@@ -356,7 +466,8 @@ mod tests {
             Bind {
                 source: Source::Path("/srv/data".into()),
                 destination: "/data".into(),
-                read_only: true
+                read_only: true,
+                make_source: true,
             }
         );
         assert_eq!(
@@ -373,5 +484,63 @@ mod tests {
         ] {
             assert!(parse_bind(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_refused_only_for_mount() {
+        let mount = |kind: &str, source: &str, read_only| super::super::config::MountRequest {
+            kind: kind.into(),
+            source: source.into(),
+            target: "/d".into(),
+            read_only,
+            ..Default::default()
+        };
+        let gone = "/nonexistent/berth-test-source";
+        // Its form is fine; that it is missing is a separate question.
+        let requested = vec![parse_mount(&mount("bind", gone, false)).unwrap()];
+        let err = check_sources(&requested).unwrap_err().to_string();
+        assert!(
+            err.contains("bind source path does not exist: /nonexistent/berth-test-source"),
+            "{err}"
+        );
+        let made = vec![Requested::Bind(parse_bind(&format!("{gone}:/d")).unwrap())];
+        check_sources(&made).unwrap();
+        assert_eq!(
+            parse_mount(&mount("volume", "", true)).unwrap(),
+            Requested::Anonymous {
+                destination: "/d".into(),
+                read_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn anonymous_volumes_are_named_by_place_and_keep_readonly() {
+        let id = "c".repeat(64);
+        let requested = vec![
+            Requested::Bind(parse_bind("/srv:/covered").unwrap()),
+            Requested::Anonymous {
+                destination: "/ro".into(),
+                read_only: true,
+            },
+        ];
+        let planned = plan(&id, requested, ["/covered".into(), "/data".into()]);
+        let stem = "c".repeat(48);
+        assert_eq!(
+            planned[1..],
+            [
+                Planned::Anonymous {
+                    name: format!("{stem}0001"),
+                    destination: "/data".into(),
+                    read_only: false,
+                },
+                Planned::Anonymous {
+                    name: format!("{stem}0002"),
+                    destination: "/ro".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        assert!(matches!(&planned[0], Planned::Bind(b) if b.destination == "/covered"));
     }
 }

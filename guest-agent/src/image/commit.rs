@@ -122,7 +122,14 @@ pub fn changes(
         } else if !below(&entry.rel) {
             Change::Added
         } else if entry.meta.is_dir() {
-            // Copied up for what is in it: said below, for its parents.
+            // Made again over one below (opaque): what the layers had in
+            // it and it has not is gone. Otherwise copied up for what is
+            // in it: said below, for its parents.
+            if is_opaque(&upper.join(&entry.rel)) {
+                for name in hidden_by(upper, lowers, &entry.rel) {
+                    out.insert(entry.rel.join(name), Change::Deleted);
+                }
+            }
             continue;
         } else {
             Change::Modified
@@ -143,6 +150,36 @@ pub fn changes(
         out.entry(parent).or_insert(Change::Modified);
     }
     Ok(out.into_iter().collect())
+}
+
+/// The names the layers `lowers` (top first, in overlay form) show in
+/// directory `rel` that the opaque directory `rel` of `upper` does not,
+/// sorted: what a whiteout or an opaque directory in a layer hides from
+/// the layers under it is not there to be hidden again.
+fn hidden_by(upper: &Path, lowers: &[PathBuf], rel: &Path) -> Vec<std::ffi::OsString> {
+    let mut seen = std::collections::BTreeMap::new();
+    for lower in lowers {
+        let dir = lower.join(rel);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            // Nothing here, or a file over the layers below it.
+            Ok(_) => break,
+            Err(_) => continue,
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let shown = entry
+                .metadata()
+                .is_ok_and(|m| !(m.file_type().is_char_device() && m.rdev() == 0));
+            seen.entry(entry.file_name()).or_insert(shown);
+        }
+        if is_opaque(&dir) {
+            break;
+        }
+    }
+    seen.into_iter()
+        .filter(|(name, shown)| *shown && fs::symlink_metadata(upper.join(rel).join(name)).is_err())
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Whether an entry is a mount point the runtime made and nothing wrote
@@ -546,6 +583,49 @@ mod tests {
         let again = layer_from_upper(&store, &upper, &skip).unwrap().unwrap();
         assert_eq!(again.descriptor.digest, layer.descriptor.digest);
         assert_eq!(again.diff_id, layer.diff_id);
+    }
+
+    #[test]
+    fn an_opaque_directory_says_what_it_hid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, bottom, upper) = (
+            dir.path().join("top"),
+            dir.path().join("bottom"),
+            dir.path().join("upper"),
+        );
+        for d in [&top, &bottom] {
+            fs::create_dir_all(d.join("etc/conf.d")).unwrap();
+        }
+        fs::write(bottom.join("etc/conf.d/a"), b"").unwrap();
+        fs::write(bottom.join("etc/conf.d/gone-before"), b"").unwrap();
+        fs::write(top.join("etc/conf.d/b"), b"").unwrap();
+        // The top layer already deleted one of the bottom's files.
+        nix::sys::stat::mknod(
+            &top.join("etc/conf.d/gone-before"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        // The container removed the directory and made it again with a
+        // file the layers also had.
+        fs::create_dir_all(upper.join("etc/conf.d")).unwrap();
+        fs::write(upper.join("etc/conf.d/b"), b"new").unwrap();
+        xattr::set(upper.join("etc/conf.d"), OPAQUE_XATTR, b"y").unwrap();
+        let got = changes(&upper, &[top, bottom], &[]).unwrap();
+        let said: Vec<(String, Change)> = got
+            .into_iter()
+            .map(|(p, c)| (p.display().to_string(), c))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("etc".to_owned(), Change::Modified),
+                ("etc/conf.d".to_owned(), Change::Modified),
+                ("etc/conf.d/a".to_owned(), Change::Deleted),
+                ("etc/conf.d/b".to_owned(), Change::Modified),
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! resolvers. One server per network listens on the network's gateway
 //! address (port 53, UDP), which each member's `/etc/resolv.conf` names;
 //! it knows only its own network's members, so names do not resolve across
-//! networks.
+//! networks. A member started with its own servers (`--dns`) has its other
+//! names relayed to those instead, as with dockerd's embedded resolver.
 //!
 //! Only what a resolver stub asks is understood (RFC 1035): one question
 //! of class IN. `A` for a member is answered here; `AAAA` for a member
@@ -12,7 +13,7 @@
 //! came.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ const RCODE_SERVFAIL: u8 = 2;
 #[derive(Debug, Default)]
 pub struct Records {
     names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
+    /// The servers of members that named their own, by member address.
+    upstream: RwLock<HashMap<Ipv4Addr, Arc<Vec<SocketAddr>>>>,
 }
 
 impl Records {
@@ -58,8 +61,31 @@ impl Records {
         }
     }
 
-    /// Withdraws `address` from every name that had it.
+    /// Relays what the member at `address` asks to `servers` rather than
+    /// to the network's upstream (nothing changes for an empty list).
+    pub fn set_upstream(&self, address: Ipv4Addr, servers: Vec<SocketAddr>) {
+        if servers.is_empty() {
+            return;
+        }
+        let mut map = self.upstream.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(address, Arc::new(servers));
+    }
+
+    /// The servers the member at `from` relays to, if it named its own.
+    fn upstream_of(&self, from: IpAddr) -> Option<Arc<Vec<SocketAddr>>> {
+        let IpAddr::V4(address) = from else {
+            return None;
+        };
+        let map = self.upstream.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&address).cloned()
+    }
+
+    /// Withdraws `address` from every name that had it, and its servers.
     pub fn remove(&self, address: Ipv4Addr) {
+        self.upstream
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&address);
         let mut map = self.names.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, addresses| {
             addresses.retain(|a| *a != address);
@@ -248,7 +274,7 @@ async fn relay(query: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
 }
 
 /// Serves `records` on `socket` until the task is dropped, relaying other
-/// names to `upstream`.
+/// names to the asking member's own servers or else to `upstream`.
 pub async fn serve(socket: UdpSocket, records: Arc<Records>, upstream: Arc<Vec<SocketAddr>>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0; RECV_BUFFER];
@@ -268,7 +294,9 @@ pub async fn serve(socket: UdpSocket, records: Arc<Records>, upstream: Arc<Vec<S
             }
             Reply::Relay { id, flags } => {
                 let socket = socket.clone();
-                let upstream = upstream.clone();
+                let upstream = records
+                    .upstream_of(from.ip())
+                    .unwrap_or_else(|| upstream.clone());
                 tokio::spawn(async move {
                     let reply = relay(&query, &upstream)
                         .await
@@ -278,6 +306,16 @@ pub async fn serve(socket: UdpSocket, records: Arc<Records>, upstream: Arc<Vec<S
             }
         }
     }
+}
+
+/// `servers` (addresses, as `--dns` takes them) on port 53; what does not
+/// parse is left out (create refused it already).
+pub fn servers(servers: &[String]) -> Vec<SocketAddr> {
+    servers
+        .iter()
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, PORT))
+        .collect()
 }
 
 /// The servers a resolv.conf text names, as socket addresses on port 53.

@@ -176,6 +176,9 @@ pub struct Member<'a> {
     pub name: &'a str,
     /// Its network namespace's bind mount.
     pub netns: &'a Path,
+    /// The DNS servers it was given (`--dns`): on a user-defined network,
+    /// the network's resolver relays its questions to them.
+    pub dns: &'a [String],
 }
 
 struct Live {
@@ -746,6 +749,7 @@ impl Networks {
         names.extend(endpoint.aliases.iter().cloned());
         if let Some(live) = self.lock().live.get(&endpoint.network_id) {
             live.records.add(&names, address);
+            live.records.set_upstream(address, dns::servers(member.dns));
         }
     }
 

@@ -390,12 +390,19 @@ pub(super) fn inspect(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> 
     let c = engine.container(id)?;
     let r = c.record();
     let s = &r.state;
-    use crate::engine::volumes::{Requested, Source};
-    let mounts: Vec<Value> = crate::engine::volumes::requested(&r.host_config)
+    use crate::engine::volumes::{Planned, Source};
+    let image_cfg = engine
+        .store
+        .image(&r.image)
+        .ok()
+        .and_then(|(_, image)| image.config.config().clone())
+        .unwrap_or_default();
+    let mounts: Vec<Value> = engine
+        .mount_points(&r, &image_cfg)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|m| match m {
-            Requested::Bind(b) => Some(match b.source {
+        .map(|m| match m {
+            Planned::Bind(b) => match b.source {
                 Source::Path(p) => json!({
                     "Type": "bind", "Source": p, "Destination": b.destination,
                     "Mode": "", "RW": !b.read_only, "Propagation": "rprivate"}),
@@ -403,12 +410,21 @@ pub(super) fn inspect(engine: &Arc<Engine>, id: &str) -> Result<Response<Body>> 
                     "Type": "volume", "Name": v, "Source": engine.volumes.data(&v),
                     "Destination": b.destination, "Driver": "local", "Mode": "z",
                     "RW": !b.read_only, "Propagation": ""}),
-            }),
-            Requested::Tmpfs { destination, .. } => Some(json!({
+            },
+            Planned::Anonymous {
+                name,
+                destination,
+                read_only,
+            } => json!({
+                "Type": "volume", "Name": name, "Source": engine.volumes.data(&name),
+                "Destination": destination, "Driver": "local", "Mode": "",
+                "RW": !read_only, "Propagation": ""}),
+            Planned::Tmpfs {
+                destination,
+                options,
+            } => json!({
                 "Type": "tmpfs", "Source": "", "Destination": destination,
-                "Mode": "", "RW": true, "Propagation": ""})),
-            // Listed with the container's other anonymous volumes, if at all.
-            Requested::Anonymous { .. } => None,
+                "Mode": "", "RW": !options.iter().any(|o| o == "ro"), "Propagation": ""}),
         })
         .collect();
     let mut config = serde_json::to_value(&r.config).unwrap_or(Value::Null);
