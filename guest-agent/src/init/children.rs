@@ -72,11 +72,26 @@ pub fn reap() -> Vec<WaitStatus> {
 
 /// As [`reap`], for the children `which` selects (as waitpid(2) takes it).
 fn reap_from(which: Pid) -> Vec<WaitStatus> {
-    let mut awaited = AWAITED.lock().unwrap_or_else(|e| e.into_inner());
     let mut others = Vec::new();
+    reap_into(which, &mut others);
+    others
+}
+
+/// Reaps every child that has exited, as [`reap`] does, and drops the
+/// others' statuses; true while any child is left (shutdown waits for
+/// everyone this way without taking a status [`run`] waits for).
+pub fn reap_while_any() -> bool {
+    reap_into(Pid::from_raw(-1), &mut Vec::new())
+}
+
+/// Reaps what `which` selects into `others` (or to [`run`]); true if some
+/// child is still running.
+fn reap_into(which: Pid, others: &mut Vec<WaitStatus>) -> bool {
+    let mut awaited = AWAITED.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         match waitpid(which, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(WaitStatus::StillAlive) => return true,
+            Err(_) => return false,
             Ok(status) => match status.pid().and_then(|p| awaited.remove(&p.as_raw())) {
                 Some(tx) => {
                     let _ = tx.send(status);
@@ -85,7 +100,6 @@ fn reap_from(which: Pid) -> Vec<WaitStatus> {
             },
         }
     }
-    others
 }
 
 /// Whether `status` is a clean exit.

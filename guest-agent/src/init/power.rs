@@ -79,24 +79,12 @@ pub fn shutdown(agent: Option<&mut Child>) -> ! {
     // Everyone else: -1 reaches every process but init itself.
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     let deadline = Instant::now() + OTHERS_STOP;
-    while Instant::now() < deadline && reap_all() {
+    while Instant::now() < deadline && super::children::reap_while_any() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    reap_all();
+    super::children::reap_while_any();
     off()
-}
-
-/// Reaps what has exited; true while any child remains.
-fn reap_all() -> bool {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return true,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Syncs, unmounts the data disk and powers the machine off.
