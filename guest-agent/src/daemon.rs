@@ -331,6 +331,7 @@ pub async fn serve(
     let (listener, socket) = bind_unix(path)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let docker_socket = docker.as_ref().map(|d| d.socket.clone());
+    let mut engine_of_docker = None;
     let docker_guard = match docker {
         Some(docker) => {
             let mut registry = crate::image::registry::RegistryConfig {
@@ -367,6 +368,7 @@ pub async fn serve(
             }
             let (docker_listener, guard) = bind_unix(&docker.socket)?;
             let mut stop = stop_rx.clone();
+            engine_of_docker = Some(engine.clone());
             tokio::spawn(crate::api::docker::serve(
                 engine,
                 docker_listener,
@@ -379,7 +381,7 @@ pub async fn serve(
         None => None,
     };
     let stop_requested = std::sync::Arc::new(tokio::sync::Notify::new());
-    let service = AgentService::new(
+    let mut service = AgentService::new(
         root.to_owned(),
         Targets {
             agent: Some(path.clone()),
@@ -391,6 +393,9 @@ pub async fn serve(
             ShutdownAction::Stop(stop_requested.clone())
         },
     );
+    if let Some(engine) = engine_of_docker {
+        service = service.with_engine(engine);
+    }
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };

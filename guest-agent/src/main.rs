@@ -116,21 +116,27 @@ fn init_logging() {
         .init();
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn termination() {
+/// Completes on the first SIGTERM or SIGINT. The handlers are in place
+/// once this returns (call it inside the runtime, before serving): a
+/// signal that comes while the agent starts would otherwise end it
+/// without its cleanup.
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "shutting down");
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without handlers the default action (exit) still applies.
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+    }
 }
 
 /// Runs `job` to completion on a multi-threaded async runtime.
@@ -165,7 +171,8 @@ fn serve(
     links: berth_agent::daemon::Links,
 ) -> ExitCode {
     run_async(async move {
-        berth_agent::daemon::serve(&root, &listen, docker, links, termination()).await
+        let stop = termination();
+        berth_agent::daemon::serve(&root, &listen, docker, links, stop).await
     })
 }
 

@@ -453,3 +453,86 @@ fn rm_takes_the_machines_containers_and_networks_off_the_host() {
     assert!(!mounts.contains(&home), "mounts outlived rm:\n{mounts}");
     assert!(!berth.machine_dir("dev").exists());
 }
+
+#[test]
+fn stop_stops_the_machines_containers_and_start_brings_back_the_restarting_ones() {
+    use berth_tests::docker::busybox_root;
+    use berth_tests::registry::{Layout, Registry};
+
+    let registry = Registry::start();
+    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    let berth = Berth::new();
+    berth.ok(&["create", "dev"]);
+    let docker = |args: &[&str]| docker_on(&berth, "dev", args).trim().to_owned();
+    let image = format!("{}/busybox", registry.host);
+    docker(&["pull", "-q", &image]);
+    // One that ends on its stop signal, one that must be killed after its
+    // stop timeout, one that comes back with the machine.
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "polite",
+        &image,
+        "sh",
+        "-c",
+        "trap 'exit 3' TERM; while true; do sleep 0.2; done",
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        "--stop-timeout",
+        "1",
+        &image,
+        "sleep",
+        "1000",
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "always",
+        "--restart",
+        "always",
+        &image,
+        "sleep",
+        "1000",
+    ]);
+    let pids: Vec<i32> = ["polite", "stubborn", "always"]
+        .iter()
+        .map(|c| {
+            docker(&["inspect", "--format", "{{.State.Pid}}", c])
+                .parse()
+                .unwrap()
+        })
+        .collect();
+
+    berth.ok(&["stop", "dev"]);
+    for pid in &pids {
+        assert!(process_gone(*pid), "container process {pid} outlived stop");
+    }
+    berth.ok(&["start", "dev"]);
+    let state = |c: &str| {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            c,
+        ])
+    };
+    assert_eq!(state("polite"), "exited 3");
+    assert_eq!(state("stubborn"), "exited 137");
+    // Brought back by its policy: stopped by the machine, not by its user.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state("always") != "running 0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "always: {}",
+            state("always")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    berth.ok(&["rm", "-f", "dev"]);
+}

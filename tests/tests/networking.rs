@@ -507,3 +507,91 @@ fn a_container_on_the_hosts_network_gets_the_hosts_names_and_its_own_dns() {
     let first = own_hosts.lines().find(|l| !l.trim().is_empty()).unwrap();
     assert!(out.lines().any(|l| l == first), "{out}");
 }
+
+/// A bridge of no one's on this host holding `address/prefix`, removed on drop:
+/// what another agent's bridge or a VPN looks like to ours.
+struct Squatter(&'static str);
+
+impl Squatter {
+    fn new(name: &'static str, cidr: &str) -> Self {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+        };
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        ip(&["link", "add", name, "type", "bridge"]);
+        let squatter = Squatter(name);
+        ip(&["addr", "add", cidr, "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        squatter
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+    }
+}
+
+#[test]
+fn a_subnet_chosen_here_moves_when_the_host_took_it_and_a_given_one_does_not() {
+    require_root();
+    let _one_at_a_time = serial();
+    let d = Engine::start();
+    let image = d.busybox();
+    d.ok(&["network", "create", "chosen"]);
+    let subnet = |n: &str| {
+        d.ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            n,
+        ])
+        .trim()
+        .to_owned()
+    };
+    let before = subnet("chosen");
+    let (net, prefix) = before.split_once('/').unwrap();
+    let first = {
+        let mut o: Vec<u8> = net.split('.').map(|p| p.parse().unwrap()).collect();
+        o[3] = 1;
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
+    };
+    // Something else on this host takes the subnet before the network is up.
+    let squatter = Squatter::new("berthsq0", &format!("{first}/{prefix}"));
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "chosen",
+        &image,
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    let after = subnet("chosen");
+    assert_ne!(after, before, "{out}");
+    let (moved, _) = after.split_once('/').unwrap();
+    let stem = moved
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .rsplit_once('.')
+        .unwrap()
+        .0;
+    assert!(out.contains(&format!(" {stem}.")), "{out} not in {after}");
+    drop(squatter);
+
+    // A subnet the user gave is theirs: refused with the reason, not moved.
+    d.ok(&["network", "create", "--subnet", "10.214.11.0/24", "given"]);
+    let _squatter = Squatter::new("berthsq1", "10.214.11.1/24");
+    let out = d.run(&["run", "--rm", "--network", "given", &image, "true"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("overlaps"), "{}", text(&out));
+    assert_eq!(subnet("given"), "10.214.11.0/24");
+    d.ok(&["network", "rm", "chosen", "given"]);
+}

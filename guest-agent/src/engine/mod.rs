@@ -277,6 +277,8 @@ pub struct Engine {
     pub insecure_registries: Vec<String>,
     /// Docker Hub mirrors, for `info`.
     pub registry_mirrors: Vec<String>,
+    /// Set once [`Engine::stop_all`] began: no restart policy acts.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Now, as the Docker API writes times.
@@ -377,6 +379,7 @@ impl Engine {
             labels,
             insecure_registries,
             registry_mirrors,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(engine)
     }
@@ -1305,6 +1308,7 @@ impl Engine {
                         Kind::Started => {
                             container.update(|r| {
                                 r.state.status = Status::Running;
+                                r.state.exit_code = 0;
                                 r.state.started_at = Some(now());
                                 r.state.finished_at = None;
                                 r.state.error.clear();
@@ -1400,7 +1404,9 @@ impl Engine {
     }
 
     fn should_restart(&self, record: &Record) -> bool {
-        if record.state.stopped_by_user {
+        if record.state.stopped_by_user
+            || self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+        {
             return false;
         }
         let policy = &record.host_config.restart_policy;
@@ -1450,19 +1456,50 @@ impl Engine {
     /// Stops a container: its stop signal, then SIGKILL after `timeout`.
     pub async fn stop(&self, key: &str, timeout: Option<i64>) -> Result<(), EngineError> {
         let container = self.container(key)?;
+        self.stop_container(&container, timeout, true).await
+    }
+
+    /// Stops every running container as the engine goes down with its
+    /// machine: each with its own stop signal and timeout, all at once.
+    /// None counts as stopped by its user, so `always` and
+    /// `unless-stopped` ones start again with the engine; meanwhile no
+    /// restart policy acts.
+    pub async fn stop_all(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let containers = self.containers();
+        let stops = containers.iter().map(|c| async move {
+            if let Err(e) = self.stop_container(c, None, false).await {
+                warn!(container = %c.id, "cannot stop it: {e}");
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// Stops `container`: its stop signal, then SIGKILL after `timeout`
+    /// (its own, or 10 s). `by_user` marks it as stopped by its user, whom
+    /// restart policies obey.
+    async fn stop_container(
+        &self,
+        container: &Arc<Container>,
+        timeout: Option<i64>,
+        by_user: bool,
+    ) -> Result<(), EngineError> {
         let record = container.record();
         if record.state.status == Status::Restarting {
             container.update(|r| {
                 r.state.status = Status::Exited;
-                r.state.stopped_by_user = true;
+                r.state.stopped_by_user = by_user;
             });
-            let _ = self.save(&container);
+            let _ = self.save(container);
             return Ok(());
         }
         if !record.state.status.is_running() {
             return Ok(());
         }
-        container.update(|r| r.state.stopped_by_user = true);
+        if by_user {
+            container.update(|r| r.state.stopped_by_user = true);
+        }
         let signal = record
             .config
             .stop_signal
@@ -1476,7 +1513,7 @@ impl Engine {
         container.to_shim(Kind::Signal, &(signal as i32).to_be_bytes());
         if record.state.status == Status::Paused {
             // A frozen process takes its signal once thawed.
-            self.thaw(&container).await?;
+            self.thaw(container).await?;
         }
         let exited = |w: &Watched| w.exits > exits || !w.status.is_running();
         let done = if timeout >= 0 {
@@ -1628,6 +1665,11 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(record.id.clone(), container.clone());
             if !was_running {
+                // Stopped with the machine (not by its user): its restart
+                // policy brings it back, as dockerd does at its start.
+                if restart && record.state.started_at.is_some() && self.should_restart(&record) {
+                    to_start.push(record.id.clone());
+                }
                 continue;
             }
             match connect_unix(&path.join(shim::SOCKET)).await {

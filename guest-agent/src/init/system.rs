@@ -26,9 +26,13 @@ const VIRTIO_PCI_VENDOR: &str = "0x1af4";
 const VIRTIO_VSOCK_PCI_DEVICE: &str = "0x1053";
 
 /// There while init does the boot's later part (see [`later_setup`]);
-/// what needs it (container networking, `berth ssh`) waits for it to go:
-/// see [`later_setup_done`].
+/// what needs its modules (container networking) waits for it to go: see
+/// [`later_setup_done`].
 pub const LATER_SETUP: &str = "/run/berth/later-setup";
+
+/// There until busybox's applets are linked, the first thing of the later
+/// part: all `berth ssh` waits for (see [`applets_linked`]).
+const APPLETS_PENDING: &str = "/run/berth/applets-pending";
 
 /// How long the later part waits for the agent to serve; then it is done
 /// whatever the agent does.
@@ -184,11 +188,14 @@ fn is_loaded(path: &Path) -> bool {
 /// them) watched. [`LATER_SETUP`] is there until it is done; call this
 /// before the agent starts.
 pub fn later_setup(serving: &'static Path) {
-    if let Err(e) = fs::write(LATER_SETUP, b"") {
-        warn!("cannot write {LATER_SETUP}: {e}");
+    for marker in [LATER_SETUP, APPLETS_PENDING] {
+        if let Err(e) = fs::write(marker, b"") {
+            warn!("cannot write {marker}: {e}");
+        }
     }
     let work = || {
         install_busybox();
+        let _ = fs::remove_file(APPLETS_PENDING);
         let _ = load_modules(LATER_MODULES);
         super::power::watch_button();
         let _ = fs::remove_file(LATER_SETUP);
@@ -220,8 +227,19 @@ pub fn later_setup(serving: &'static Path) {
 /// Waits while init still does the later part of the boot (never, where
 /// the agent does not run under our init).
 pub async fn later_setup_done() {
+    gone(Path::new(LATER_SETUP)).await;
+}
+
+/// Waits while busybox's applets are not linked yet (never, where the
+/// agent does not run under our init).
+pub async fn applets_linked() {
+    gone(Path::new(APPLETS_PENDING)).await;
+}
+
+/// Waits, at most [`LATER_SETUP_TIMEOUT`], while `marker` exists.
+async fn gone(marker: &Path) {
     let deadline = Instant::now() + LATER_SETUP_TIMEOUT;
-    while Path::new(LATER_SETUP).exists() && Instant::now() < deadline {
+    while marker.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -97,6 +97,10 @@ pub struct Network {
     /// Driver options, as given.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Its subnet was chosen here from the default pools (no `--subnet`):
+    /// it may move while nobody is on the network.
+    #[serde(default)]
+    pub auto_subnet: bool,
 }
 
 impl Network {
@@ -227,6 +231,7 @@ fn builtin(name: &str, driver: &str) -> Network {
         created: String::new(),
         labels: BTreeMap::new(),
         options: BTreeMap::new(),
+        auto_subnet: false,
     }
 }
 
@@ -404,6 +409,7 @@ impl Networks {
                 .filter_map(Network::subnet)
                 .collect();
             drop(state);
+            let auto_subnet = subnet.is_none();
             let subnet = match subnet {
                 Some(s) => {
                     if let Some(u) = used.iter().find(|u| u.overlaps(&s)) {
@@ -433,6 +439,7 @@ impl Networks {
                 created: crate::engine::now(),
                 labels,
                 options,
+                auto_subnet,
             }
         };
         self.lock()
@@ -533,8 +540,13 @@ impl Networks {
             .find(|(link, route)| *link != network.bridge && route.overlaps(&subnet));
         let (network, subnet, gateway) = match clash {
             None => (network.clone(), subnet, gateway),
-            Some((link, route)) if network.name == DEFAULT_NETWORK => {
-                // The default network is ours to move while nobody is on it.
+            Some((link, route))
+                if network.name == DEFAULT_NETWORK || network.auto_subnet =>
+            {
+                // A subnet chosen here (the default network's, or one made
+                // without --subnet) is ours to move while nobody is on it:
+                // an inactive network has no one on it. Another agent on
+                // this host may have taken it meanwhile.
                 let used: Vec<Subnet> = self
                     .list()
                     .iter()
@@ -542,7 +554,7 @@ impl Networks {
                     .filter_map(Network::subnet)
                     .collect();
                 let moved = free_subnet(&used)?;
-                warn!(%subnet, %link, %route, "the default network's subnet is taken; moving it to {moved}");
+                warn!(network = %network.name, %subnet, %link, %route, "the network's subnet is taken; moving it to {moved}");
                 let mut n = network.clone();
                 n.subnet = Some(moved.to_string());
                 n.gateway = Some(moved.first_host());

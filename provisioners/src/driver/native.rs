@@ -36,8 +36,9 @@ pub const AGENT_ENV: &str = "BERTH_AGENT";
 /// milliseconds; the rest is headroom for a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long `stop` waits after SIGTERM before it sends SIGKILL; the agent
-/// finishes in-flight requests first.
+/// How long `stop` waits for the agent to stop its containers (each has
+/// 10 s unless it says otherwise) and itself, and then again after SIGTERM
+/// before it sends SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long to wait for the kernel to reap an agent after SIGKILL.
@@ -114,7 +115,13 @@ impl Driver for NativeDriver {
     }
 
     async fn stop(&self) -> Result<(), DriverError> {
-        platform::stop(&self.root(), STOP_TIMEOUT, KILL_TIMEOUT).await
+        platform::stop(
+            &self.root(),
+            &self.agent_socket(),
+            STOP_TIMEOUT,
+            KILL_TIMEOUT,
+        )
+        .await
     }
 
     async fn kill(&self) -> Result<(), DriverError> {
@@ -201,7 +208,7 @@ mod platform {
     use berth_proto::layout;
     use berth_proto::link::{self, Address};
     use berth_proto::pb::agent_client::AgentClient;
-    use berth_proto::pb::PingRequest;
+    use berth_proto::pb::{PingRequest, ShutdownRequest};
     use nix::sys::signal::{kill as send_signal, Signal};
     use nix::unistd::Pid;
     use tokio::process::{Child, Command};
@@ -216,6 +223,10 @@ mod platform {
 
     /// How long a running agent may take to write its pid file.
     const PID_WAIT: Duration = Duration::from_secs(1);
+
+    /// How long the agent may take to answer `Shutdown` (it answers before
+    /// it stops anything).
+    const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
     /// The last `lines` lines of a log file, joined with " | ".
     pub(super) fn log_tail(log: &Path, lines: usize) -> String {
@@ -423,14 +434,35 @@ mod platform {
         }
     }
 
+    /// Stops the agent as a machine stops: asked over `socket`, it stops
+    /// its containers and then itself. One that cannot be asked, or does
+    /// not go within `grace`, gets SIGTERM (it goes, its containers run on)
+    /// and then SIGKILL.
     pub(super) async fn stop(
         root: &Path,
+        socket: &Path,
         grace: Duration,
         kill_wait: Duration,
     ) -> Result<(), DriverError> {
         let Some(pid) = agent_pid(root).await? else {
             return Ok(());
         };
+        let asked = async {
+            let channel = link::connect(&Address::Unix(socket.to_owned())).ok()?;
+            tokio::time::timeout(
+                ASK_TIMEOUT,
+                AgentClient::new(channel).shutdown(ShutdownRequest {}),
+            )
+            .await
+            .ok()?
+            .ok()
+        }
+        .await
+        .is_some();
+        if asked && wait_gone(root, grace).await? {
+            return Ok(());
+        }
+        tracing::warn!(%pid, "berth-agent did not stop when asked; sending SIGTERM");
         if signal_and_wait(root, pid, Signal::SIGTERM, grace).await? {
             return Ok(());
         }
@@ -529,7 +561,12 @@ mod platform {
         supported()
     }
 
-    pub(super) async fn stop(_: &Path, _: Duration, _: Duration) -> Result<(), DriverError> {
+    pub(super) async fn stop(
+        _: &Path,
+        _: &Path,
+        _: Duration,
+        _: Duration,
+    ) -> Result<(), DriverError> {
         supported()
     }
 

@@ -44,7 +44,7 @@ pub async fn run(mut input: Streaming<ExecInput>, tx: OutputSender) -> Result<()
         }
     };
     // On our guest, busybox's applets are linked once the agent serves.
-    crate::init::system::later_setup_done().await;
+    crate::init::system::applets_linked().await;
     let argv: Vec<String> = if start.argv.is_empty() {
         LOGIN_SHELL.iter().map(|s| (*s).to_owned()).collect()
     } else {

@@ -41,12 +41,13 @@ pub enum ShutdownAction {
 }
 
 /// Serves the agent's control API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentService {
     storage_root: PathBuf,
     started: Instant,
     targets: Targets,
     shutdown: ShutdownAction,
+    engine: Option<Arc<crate::engine::Engine>>,
 }
 
 impl AgentService {
@@ -58,7 +59,28 @@ impl AgentService {
             started: Instant::now(),
             targets,
             shutdown,
+            engine: None,
         }
+    }
+
+    /// The same, with `engine`'s containers stopped before `Shutdown`
+    /// acts.
+    pub fn with_engine(self, engine: Arc<crate::engine::Engine>) -> Self {
+        AgentService {
+            engine: Some(engine),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentService")
+            .field("storage_root", &self.storage_root)
+            .field("targets", &self.targets)
+            .field("shutdown", &self.shutdown)
+            .field("engine", &self.engine.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,14 +181,28 @@ impl Agent for AgentService {
         &self,
         _: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
-        match &self.shutdown {
-            ShutdownAction::Stop(notify) => notify.notify_one(),
-            ShutdownAction::PowerOff => {
-                tracing::info!("shutdown requested: asking init to power off");
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), crate::init::POWEROFF_SIGNAL)
-                    .map_err(|e| Status::internal(format!("cannot signal init: {e}")))?;
+        // Answered at once: the containers' stop timeouts may take a while,
+        // and the caller watches the machine go down instead.
+        let engine = self.engine.clone();
+        let action = self.shutdown.clone();
+        tokio::spawn(async move {
+            if let Some(engine) = engine {
+                tracing::info!("shutdown requested: stopping the containers");
+                engine.stop_all().await;
             }
-        }
+            match action {
+                ShutdownAction::Stop(notify) => notify.notify_one(),
+                ShutdownAction::PowerOff => {
+                    tracing::info!("asking init to power off");
+                    if let Err(e) = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(1),
+                        crate::init::POWEROFF_SIGNAL,
+                    ) {
+                        tracing::error!("cannot signal init to power off: {e}");
+                    }
+                }
+            }
+        });
         Ok(Response::new(ShutdownResponse {}))
     }
 }
