@@ -365,6 +365,21 @@ fn docker_runs_a_container_on_a_native_machine() {
     assert!(err.contains("--engine-label"), "{err}");
 }
 
+/// A native machine `dev` with busybox from a test registry pulled: the
+/// registry (to keep while the test runs), the berth, the image's name.
+fn dev_with_busybox() -> (berth_tests::registry::Registry, Berth, String) {
+    use berth_tests::docker::busybox_root;
+    use berth_tests::registry::{Layout, Registry};
+
+    let registry = Registry::start();
+    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
+    let berth = Berth::new();
+    berth.ok(&["create", "dev"]);
+    let image = format!("{}/busybox", registry.host);
+    docker_on(&berth, "dev", &["pull", "-q", &image]);
+    (registry, berth, image)
+}
+
 /// Whether this host has a network link named `name`.
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
@@ -384,16 +399,8 @@ fn nft_table_exists(name: &str) -> bool {
 
 #[test]
 fn rm_takes_the_machines_containers_and_networks_off_the_host() {
-    use berth_tests::docker::busybox_root;
-    use berth_tests::registry::{Layout, Registry};
-
-    let registry = Registry::start();
-    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
-    let berth = Berth::new();
-    berth.ok(&["create", "dev"]);
+    let (_registry, berth, image) = dev_with_busybox();
     let docker = |args: &[&str]| docker_on(&berth, "dev", args).trim().to_owned();
-    let image = format!("{}/busybox", registry.host);
-    docker(&["pull", "-q", &image]);
     let network = docker(&["network", "create", "apps"]);
     docker(&[
         "run",
@@ -456,16 +463,8 @@ fn rm_takes_the_machines_containers_and_networks_off_the_host() {
 
 #[test]
 fn stop_stops_the_machines_containers_and_start_brings_back_the_restarting_ones() {
-    use berth_tests::docker::busybox_root;
-    use berth_tests::registry::{Layout, Registry};
-
-    let registry = Registry::start();
-    Layout::new(&[busybox_root()], None).push(&registry, "busybox:latest");
-    let berth = Berth::new();
-    berth.ok(&["create", "dev"]);
+    let (_registry, berth, image) = dev_with_busybox();
     let docker = |args: &[&str]| docker_on(&berth, "dev", args).trim().to_owned();
-    let image = format!("{}/busybox", registry.host);
-    docker(&["pull", "-q", &image]);
     // One that ends on its stop signal, one that must be killed after its
     // stop timeout, one that comes back with the machine.
     docker(&[

@@ -281,6 +281,16 @@ pub struct Engine {
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
+/// Container `record` as a member of its networks, in namespace `netns`.
+fn member<'a>(record: &'a Record, netns: &'a Path) -> crate::network::Member<'a> {
+    crate::network::Member {
+        id: &record.id,
+        name: &record.name,
+        netns,
+        dns: record.host_config.dns.as_deref().unwrap_or_default(),
+    }
+}
+
 /// Now, as the Docker API writes times.
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
@@ -918,7 +928,7 @@ impl Engine {
                     let source = match &bind.source {
                         volumes::Source::Path(p) => {
                             if !p.exists() {
-                                volumes::check_sources(&[volumes::Requested::Bind(bind.clone())])?;
+                                bind.check_source()?;
                                 std::fs::create_dir_all(p)
                                     .map_err(EngineError::io(format!("create {}", p.display())))?;
                             }
@@ -1070,12 +1080,7 @@ impl Engine {
             // `none`: loopback only.
             return Ok(Some(netns));
         }
-        let member = crate::network::Member {
-            id: &record.id,
-            name: &record.name,
-            netns: &netns,
-            dns: record.host_config.dns.as_deref().unwrap_or_default(),
-        };
+        let member = member(&record, &netns);
         let wanted: Vec<(String, Vec<String>)> = record
             .network
             .attachments
@@ -1141,12 +1146,7 @@ impl Engine {
             ));
         }
         if let (true, Some(netns)) = (record.state.status.is_running(), &record.network.netns) {
-            let member = crate::network::Member {
-                id: &record.id,
-                name: &record.name,
-                netns,
-                dns: record.host_config.dns.as_deref().unwrap_or_default(),
-            };
+            let member = member(&record, netns);
             let endpoints = self
                 .networks
                 .attach(
@@ -1226,12 +1226,7 @@ impl Engine {
         let Some(netns) = &record.network.netns else {
             return;
         };
-        let member = crate::network::Member {
-            id: &record.id,
-            name: &record.name,
-            netns,
-            dns: record.host_config.dns.as_deref().unwrap_or_default(),
-        };
+        let member = member(&record, netns);
         let requests: Vec<crate::network::PortRequest> = record
             .network
             .ports

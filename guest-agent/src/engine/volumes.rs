@@ -335,25 +335,28 @@ pub fn parse_bind(text: &str) -> Result<Bind, EngineError> {
     })
 }
 
-/// Refuses a `--mount type=bind` whose source does not exist, in dockerd's
-/// words (a `-v` source is made instead).
-pub fn check_sources(requested: &[Requested]) -> Result<(), EngineError> {
-    for r in requested {
-        if let Requested::Bind(Bind {
-            source: Source::Path(path),
-            make_source: false,
-            ..
-        }) = r
-        {
-            if !path.exists() {
-                return Err(EngineError::Invalid(format!(
+impl Bind {
+    /// Refuses a `--mount type=bind` whose source does not exist, in
+    /// dockerd's words (a `-v` source is made instead).
+    pub fn check_source(&self) -> Result<(), EngineError> {
+        match &self.source {
+            Source::Path(path) if !self.make_source && !path.exists() => {
+                Err(EngineError::Invalid(format!(
                     "invalid mount config for type \"bind\": bind source path does not exist: {}",
                     path.display()
-                )));
+                )))
             }
+            _ => Ok(()),
         }
     }
-    Ok(())
+}
+
+/// [`Bind::check_source`] for each bind of `requested`.
+pub fn check_sources(requested: &[Requested]) -> Result<(), EngineError> {
+    requested.iter().try_for_each(|r| match r {
+        Requested::Bind(bind) => bind.check_source(),
+        _ => Ok(()),
+    })
 }
 
 fn validate(name: &str) -> Result<(), EngineError> {

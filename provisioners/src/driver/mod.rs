@@ -181,6 +181,21 @@ pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Asks the agent serving gRPC on the unix socket `socket` to shut its
+/// host down (it stops its containers, then itself or its VM); whether it
+/// agreed within `timeout`. It answers before it stops anything: the
+/// caller then watches the host go.
+#[cfg(unix)]
+pub(crate) async fn ask_shutdown(socket: &std::path::Path, timeout: std::time::Duration) -> bool {
+    use berth_proto::pb::{agent_client::AgentClient, ShutdownRequest};
+    let Ok(channel) = berth_proto::link::connect(&Address::Unix(socket.to_owned())) else {
+        return false;
+    };
+    let mut client = AgentClient::new(channel);
+    let asked = client.shutdown(ShutdownRequest {});
+    matches!(tokio::time::timeout(timeout, asked).await, Ok(Ok(_)))
+}
+
 /// The longest socket path a `sockaddr_un` holds, without its NUL.
 const MAX_SOCKET_PATH: usize = 107;
 

@@ -208,7 +208,7 @@ mod platform {
     use berth_proto::layout;
     use berth_proto::link::{self, Address};
     use berth_proto::pb::agent_client::AgentClient;
-    use berth_proto::pb::{PingRequest, ShutdownRequest};
+    use berth_proto::pb::PingRequest;
     use nix::sys::signal::{kill as send_signal, Signal};
     use nix::unistd::Pid;
     use tokio::process::{Child, Command};
@@ -447,19 +447,7 @@ mod platform {
         let Some(pid) = agent_pid(root).await? else {
             return Ok(());
         };
-        let asked = async {
-            let channel = link::connect(&Address::Unix(socket.to_owned())).ok()?;
-            tokio::time::timeout(
-                ASK_TIMEOUT,
-                AgentClient::new(channel).shutdown(ShutdownRequest {}),
-            )
-            .await
-            .ok()?
-            .ok()
-        }
-        .await
-        .is_some();
-        if asked && wait_gone(root, grace).await? {
+        if crate::driver::ask_shutdown(socket, ASK_TIMEOUT).await && wait_gone(root, grace).await? {
             return Ok(());
         }
         tracing::warn!(%pid, "berth-agent did not stop when asked; sending SIGTERM");

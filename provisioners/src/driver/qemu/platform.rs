@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use berth_guest_image as image;
 use berth_proto::link::{self, Address};
 use berth_proto::pb::agent_client::AgentClient;
-use berth_proto::pb::{PingRequest, ShutdownRequest};
+use berth_proto::pb::PingRequest;
 use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 
@@ -296,19 +296,9 @@ pub(super) async fn stop(
         stop_supervisor(files);
         return Ok(());
     }
-    let asked = async {
-        let channel = link::connect(&Address::Unix(files.agent_socket())).ok()?;
-        tokio::time::timeout(
-            PING_TIMEOUT,
-            AgentClient::new(channel).shutdown(ShutdownRequest {}),
-        )
-        .await
-        .ok()?
-        .ok()
-    }
-    .await
-    .is_some();
-    if asked && wait_exit(files, timeout).await {
+    if crate::driver::ask_shutdown(&files.agent_socket(), PING_TIMEOUT).await
+        && wait_exit(files, timeout).await
+    {
         stop_supervisor(files);
         return Ok(());
     }
