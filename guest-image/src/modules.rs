@@ -1,5 +1,6 @@
 //! Kernel modules: which files a set of module names needs, in load order,
-//! read from the kernel's `modules.dep` (as `depmod` writes it).
+//! read from the kernel's `modules.dep` (as `depmod` writes it), and the
+//! lists of them init reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,6 +64,26 @@ impl ModuleDeps {
             self.visit(file, &mut done, &mut Vec::new(), &mut order)?;
         }
         Ok(order)
+    }
+
+    /// The lines init reads for the files `order` lists (as [`resolve`]
+    /// returns them): each file with the files it needs, in `modules.dep`'s
+    /// form, so that init may load modules whose dependencies are loaded
+    /// side by side.
+    ///
+    /// [`resolve`]: Self::resolve
+    pub fn list(&self, order: &[String]) -> String {
+        order
+            .iter()
+            .map(|file| {
+                let deps = self.deps.get(file).map(Vec::as_slice).unwrap_or_default();
+                if deps.is_empty() {
+                    format!("{file}:\n")
+                } else {
+                    format!("{file}: {}\n", deps.join(" "))
+                }
+            })
+            .collect()
     }
 
     fn visit(
@@ -184,6 +205,21 @@ mod tests {
                 "kernel/drivers/block/virtio_blk.ko",
                 "kernel/fs/overlayfs/overlay.ko",
             ]
+        );
+    }
+
+    #[test]
+    fn lists_name_each_file_with_the_files_it_needs() {
+        let deps = ModuleDeps::parse(DEP).unwrap();
+        let order = deps
+            .resolve(&["virtio_blk", "overlay"], &[], &BTreeSet::new())
+            .unwrap();
+        assert_eq!(
+            deps.list(&order),
+            "kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio.ko:\n\
+             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+             kernel/fs/overlayfs/overlay.ko:\n"
         );
     }
 

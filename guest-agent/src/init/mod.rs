@@ -77,9 +77,10 @@ pub fn main() -> ! {
     }
     info!("init started");
     let settings = cmdline::Settings::from_proc();
-    let mut loaded = system::load_modules(system::BOOT_MODULES);
+    let workers = system::module_workers();
+    let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
     if system::vsock_device_present() {
-        loaded.extend(system::load_modules(system::VSOCK_MODULES));
+        loaded.extend(system::load_modules(system::VSOCK_MODULES, workers));
     }
     if initramfs {
         // Their files are memory there, and not needed again.
@@ -90,18 +91,39 @@ pub fn main() -> ! {
     }
     system::set_hostname(&settings.hostname);
     system::check_clock();
-    if let Err(e) = net::configure(&settings) {
-        warn!("network: {e}");
-    }
-    match disk::mount_data(&settings, Path::new(AGENT_ROOT)) {
-        Ok(true) => {}
-        Ok(false) => warn!("no data disk: images and containers last until power-off"),
-        Err(e) => {
-            // Running on without it would lose the user's data silently.
-            error!("data disk: {e}");
-            power::off();
+    // The network and the data disk do not wait for each other where
+    // there are CPUs to do both at once (on one, a second thread only
+    // costs).
+    std::thread::scope(|scope| {
+        let network = || {
+            if let Err(e) = net::configure(&settings) {
+                warn!("network: {e}");
+            }
+        };
+        let network = if workers > 1 {
+            std::thread::Builder::new()
+                .name("network".into())
+                .spawn_scoped(scope, network)
+                .map_err(|_| network)
+        } else {
+            Err(network)
+        };
+        match disk::mount_data(&settings, Path::new(AGENT_ROOT)) {
+            Ok(true) => {}
+            Ok(false) => warn!("no data disk: images and containers last until power-off"),
+            Err(e) => {
+                // Running on without it would lose the user's data silently.
+                error!("data disk: {e}");
+                power::off();
+            }
         }
-    }
+        match network {
+            Ok(thread) => {
+                let _ = thread.join();
+            }
+            Err(network) => network(),
+        }
+    });
     supervise(&settings)
 }
 

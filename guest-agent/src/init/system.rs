@@ -1,18 +1,21 @@
 //! The guest's basic system: kernel file systems, modules, cgroup2, the
 //! hostname, the clock.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// The files, beside the kernel's modules, that list the modules to load in
-/// order (dependencies first), one path relative to them per line: those
-/// the agent needs to start, and the rest. The image builder writes them.
+/// The files, beside the kernel's modules, that list the modules to load,
+/// dependencies first, one path relative to them per line with the paths
+/// it needs (see [`parse_list`]): those the agent needs to start, and the
+/// rest. The image builder writes them.
 pub const BOOT_MODULES: &str = "berth.load";
 /// See [`BOOT_MODULES`]: vsock's, loaded after the boot modules when the
 /// VM has a vsock device.
@@ -128,41 +131,146 @@ fn install_busybox() {
 }
 
 /// Loads the modules the image lists in `list` (one of [`BOOT_MODULES`],
-/// [`LATER_MODULES`]), in order, and returns the files of those that are
-/// now loaded. A module that is built in or loaded already is fine (with
-/// `/sys` mounted, its file is not even needed); one that fails is logged
-/// and skipped (the step that needs it reports what is missing).
-pub fn load_modules(list: &str) -> Vec<std::path::PathBuf> {
+/// [`LATER_MODULES`]) on up to `workers` threads, each once the modules it
+/// needs are loaded, and returns the files of those that are now loaded. A
+/// module that is built in or loaded already is fine (with `/sys` mounted,
+/// its file is not even needed); one that fails is logged and skipped (the
+/// step that needs it reports what is missing).
+pub fn load_modules(list: &str, workers: usize) -> Vec<PathBuf> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let dir = Path::new("/lib/modules").join(&release);
-    let names = match fs::read_to_string(dir.join(list)) {
-        Ok(names) => names,
+    let text = match fs::read_to_string(dir.join(list)) {
+        Ok(text) => text,
         Err(e) => {
             warn!("no module list for kernel {release}: {e}");
             return Vec::new();
         }
     };
-    let mut loaded = Vec::new();
-    for line in names.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let path = dir.join(line);
-        if is_loaded(&path) {
-            loaded.push(path);
-            continue;
+    let entries = parse_list(&text, &dir);
+    let outcomes = load_all(&entries, workers, |path| {
+        if is_loaded(path) {
+            return true;
         }
-        match load_module(&path) {
-            Ok(()) => loaded.push(path),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => loaded.push(path),
-            Err(e) => warn!("cannot load module {line}: {e}"),
+        let started = Instant::now();
+        match load_module(path) {
+            Ok(()) => {
+                debug!(module = %path.display(), took = ?started.elapsed(), "module loaded");
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => true,
+            Err(e) => {
+                warn!("cannot load module {}: {e}", path.display());
+                false
+            }
         }
-    }
+    });
+    let loaded: Vec<PathBuf> = entries
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(entry, loaded)| loaded.then_some(entry.path))
+        .collect();
     info!(list, loaded = loaded.len(), "kernel modules loaded");
     loaded
 }
 
+/// How many threads load the boot modules: one per CPU, as many as the
+/// module lists can keep busy.
+pub fn module_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// A module of a list: its file, and the entries before it that it needs.
+#[derive(Debug)]
+struct Entry {
+    path: PathBuf,
+    needs: Vec<usize>,
+}
+
+/// A module list as the image writes it: `file: files it needs` per line
+/// (`modules.dep`'s form), dependencies first. What a line needs from
+/// outside the list was loaded before it. A line without `:` (a bare file)
+/// needs every line before it.
+fn parse_list(text: &str, dir: &Path) -> Vec<Entry> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut entries = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (file, needs) = match line.split_once(':') {
+            Some((file, deps)) => (
+                file.trim(),
+                deps.split_whitespace()
+                    .filter_map(|dep| index.get(dep).copied())
+                    .collect(),
+            ),
+            None => (line, (0..entries.len()).collect()),
+        };
+        index.insert(file, entries.len());
+        entries.push(Entry {
+            path: dir.join(file),
+            needs,
+        });
+    }
+    entries
+}
+
+/// Runs `load` for every entry on up to `workers` threads (this one among
+/// them), each entry once all it needs are done, whether they loaded or
+/// not (what needs a module that failed fails on its own, and says so).
+/// Returns what `load` said for each.
+fn load_all(entries: &[Entry], workers: usize, load: impl Fn(&Path) -> bool + Sync) -> Vec<bool> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Waiting,
+        Loading,
+        Done(bool),
+    }
+    let states = Mutex::new(vec![State::Waiting; entries.len()]);
+    let changed = Condvar::new();
+    let lock = || states.lock().unwrap_or_else(PoisonError::into_inner);
+    let work = || loop {
+        let mut state = lock();
+        let next = loop {
+            // Entries need only entries before them: the first one waiting
+            // has nothing waiting before it, so this never waits forever.
+            let ready = (0..entries.len()).find(|&i| {
+                state[i] == State::Waiting
+                    && entries[i]
+                        .needs
+                        .iter()
+                        .all(|&d| matches!(state[d], State::Done(_)))
+            });
+            if ready.is_some() || !state.contains(&State::Waiting) {
+                break ready;
+            }
+            state = changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        };
+        let Some(i) = next else { return };
+        state[i] = State::Loading;
+        drop(state);
+        let loaded = load(&entries[i].path);
+        lock()[i] = State::Done(loaded);
+        changed.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..workers.max(1) {
+            // One that cannot start leaves its share to the others.
+            let _ = std::thread::Builder::new()
+                .name("modules".into())
+                .spawn_scoped(scope, work);
+        }
+        work();
+    });
+    states
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .map(|s| s == State::Done(true))
+        .collect()
+}
+
 /// Deletes `files`, logging those that cannot be.
-pub fn delete_files(files: &[std::path::PathBuf]) {
+pub fn delete_files(files: &[PathBuf]) {
     for file in files {
         if let Err(e) = fs::remove_file(file) {
             warn!("cannot delete {}: {e}", file.display());
@@ -196,7 +304,8 @@ pub fn later_setup(serving: &'static Path) {
     let work = || {
         install_busybox();
         let _ = fs::remove_file(APPLETS_PENDING);
-        let _ = load_modules(LATER_MODULES);
+        // One at a time: the agent comes first.
+        let _ = load_modules(LATER_MODULES, 1);
         super::power::watch_button();
         let _ = fs::remove_file(LATER_SETUP);
     };
@@ -327,4 +436,77 @@ pub fn has_vsock() -> bool {
                     .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
             })
             .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const LIST: &str = "kernel/virtio_ring.ko:\n\
+        kernel/virtio.ko:\n\
+        kernel/virtio_blk.ko: kernel/virtio_ring.ko kernel/virtio.ko\n\
+        kernel/crc16.ko:\n\
+        kernel/jbd2.ko: kernel/crc16.ko kernel/from_an_earlier_list.ko\n\
+        kernel/ext4.ko: kernel/jbd2.ko kernel/crc16.ko\n\
+        kernel/overlay.ko:\n";
+
+    #[test]
+    fn lists_say_what_each_module_needs_from_the_list() {
+        let entries = parse_list(LIST, Path::new("/lib/modules/6.1"));
+        let needs: Vec<(&str, &[usize])> = entries
+            .iter()
+            .map(|e| (e.path.to_str().unwrap(), e.needs.as_slice()))
+            .collect();
+        assert_eq!(
+            needs[2],
+            ("/lib/modules/6.1/kernel/virtio_blk.ko", &[0, 1][..])
+        );
+        // What comes from outside the list is not waited for.
+        assert_eq!(needs[4], ("/lib/modules/6.1/kernel/jbd2.ko", &[3][..]));
+        assert_eq!(needs[6], ("/lib/modules/6.1/kernel/overlay.ko", &[][..]));
+        // A bare line needs all before it.
+        let bare = parse_list("a.ko:\nb.ko:\nc.ko\n", Path::new("/m"));
+        assert_eq!(bare[2].needs, vec![0, 1]);
+    }
+
+    #[test]
+    fn modules_load_side_by_side_only_after_what_they_need() {
+        let entries = parse_list(LIST, Path::new("/m"));
+        for workers in [1, 2, 4] {
+            let done = Mutex::new(Vec::<PathBuf>::new());
+            let at_once = AtomicUsize::new(0);
+            let most_at_once = AtomicUsize::new(0);
+            let outcomes = load_all(&entries, workers, |path| {
+                let entry = entries.iter().find(|e| e.path == path).unwrap();
+                for &need in &entry.needs {
+                    assert!(
+                        done.lock().unwrap().contains(&entries[need].path),
+                        "{} started before {}",
+                        path.display(),
+                        entries[need].path.display()
+                    );
+                }
+                let now = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                most_at_once.fetch_max(now, Ordering::SeqCst);
+                if workers > 1 && (path.ends_with("virtio.ko") || path.ends_with("virtio_ring.ko"))
+                {
+                    // Needing nothing, the first two meet while both load.
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while most_at_once.load(Ordering::SeqCst) < 2 {
+                        assert!(Instant::now() < deadline, "{} loaded alone", path.display());
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                at_once.fetch_sub(1, Ordering::SeqCst);
+                done.lock().unwrap().push(path.to_owned());
+                !path.ends_with("crc16.ko")
+            });
+            assert_eq!(done.lock().unwrap().len(), entries.len());
+            // A failure is reported; what needs it is still tried.
+            assert_eq!(outcomes, vec![true, true, true, false, true, true, true]);
+            let most = most_at_once.load(Ordering::SeqCst);
+            assert!(most <= workers, "{most} at once with {workers} workers");
+        }
+    }
 }
