@@ -492,11 +492,36 @@ fn a_container_on_the_hosts_network_gets_the_hosts_names_and_its_own_dns() {
         "9.9.9.9",
         "--add-host",
         "db.local:10.9.8.7",
+        "--add-host",
+        "gw.local:host-gateway",
         &image,
         "sh",
         "-c",
         "hostname; cat /etc/resolv.conf /etc/hosts",
     ]);
+    // host-gateway is the default network's gateway, as docker0's address
+    // is dockerd's, and that network is up so that it is this host's.
+    let gateway = d.ok(&[
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        "{{(index .IPAM.Config 0).Gateway}}",
+    ]);
+    let gateway = gateway.trim();
+    assert!(
+        out.contains(&format!("{gateway}\tgw.local")),
+        "{gateway}: {out}"
+    );
+    let addresses = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&addresses).contains(&format!("inet {gateway}/")),
+        "{gateway} is not on this host: {}",
+        text(&addresses)
+    );
     let host = nix::unistd::gethostname().unwrap();
     let mut lines = out.lines();
     assert_eq!(lines.next(), host.to_str(), "{out}");

@@ -769,7 +769,19 @@ impl Engine {
         let netns = self.plug(container, &image_cfg).await?;
         let record = container.record();
         let (mut binds, tmpfs) = self.mounts(&record, &image_cfg)?;
-        binds.extend(self.etc_files(&record)?);
+        let own_gateway = record.network.endpoints.iter().find_map(|e| e.gateway);
+        let wants_gateway = spec::extra_hosts(&record.host_config)?
+            .iter()
+            .any(|(_, a)| *a == spec::HostAddress::Gateway);
+        let gateway = match own_gateway {
+            None if wants_gateway => self
+                .networks
+                .default_gateway()
+                .await
+                .map_err(network_error)?,
+            own => own,
+        };
+        binds.extend(self.etc_files(&record, gateway)?);
         let spec = spec::build(
             &record,
             &spec::Inputs {
@@ -974,7 +986,12 @@ impl Engine {
     /// On the host's network they are made from the host's own (its hosts
     /// file and resolvers, loopback ones too: the container shares the
     /// host's loopback), with `--add-host` and `--dns…` applied.
-    fn etc_files(&self, record: &Record) -> Result<Vec<spec::Bind>, EngineError> {
+    /// `gateway` is what `host-gateway` names.
+    fn etc_files(
+        &self,
+        record: &Record,
+        gateway: Option<std::net::Ipv4Addr>,
+    ) -> Result<Vec<spec::Bind>, EngineError> {
         let on_host = record.host_config.network_mode == "host";
         let dir = self.container_dir(&record.id);
         let hostname = &record.config.hostname;
@@ -996,7 +1013,6 @@ impl Engine {
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
             )
         };
-        let gateway = record.network.endpoints.iter().find_map(|e| e.gateway);
         for (name, address) in spec::extra_hosts(&record.host_config)? {
             let address = match address {
                 spec::HostAddress::Ip(ip) => ip.to_string(),
@@ -1004,7 +1020,7 @@ impl Engine {
                     Some(g) => g.to_string(),
                     None => {
                         return Err(EngineError::Invalid(format!(
-                            "--add-host {name}:host-gateway: the container has no gateway on its network"
+                            "--add-host {name}:host-gateway: there is no gateway (the default network has no subnet)"
                         )))
                     }
                 },

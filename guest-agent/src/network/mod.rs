@@ -515,6 +515,20 @@ impl Networks {
         taken
     }
 
+    /// What `host-gateway` names for a container without a gateway of its
+    /// own (`--network host` or `none`): the default network's gateway, as
+    /// dockerd's is docker0's address. The default network is brought up,
+    /// so that the address is the host's.
+    pub async fn default_gateway(&self) -> Result<Option<Ipv4Addr>, NetworkError> {
+        let network = self.find(DEFAULT_NETWORK)?;
+        if network.gateway.is_none() {
+            return Ok(None);
+        }
+        self.activate(&network).await?;
+        // Coming up may have moved it off a subnet something else took.
+        Ok(self.find(DEFAULT_NETWORK)?.gateway)
+    }
+
     /// Brings network `network` up (bridge, rules, resolver) if it is not.
     async fn activate(&self, network: &Network) -> Result<(), NetworkError> {
         if self.lock().live.contains_key(&network.id) {
