@@ -11,7 +11,8 @@
 //! time.
 //!
 //! - [`cpio`] — the `newc` archive the kernel unpacks.
-//! - [`modules`] — which module files to ship, in load order.
+//! - [`modules`] — which module files to ship, in load order, and what
+//!   of each the guest does without.
 //! - [`elf`] — the libraries a dynamically linked tool needs.
 
 #![deny(missing_docs)]
@@ -448,9 +449,10 @@ fn assemble(inputs: &Inputs, release: &str) -> Result<Archive, ImageError> {
             )));
         }
         let data = read(&modules_dir.join(module))?;
+        let data = modules::drop_load_time_sections(module, modules::strip_signature(&data))?;
         archive.add(
             &format!("lib/modules/{release}/{module}"),
-            Node::File(modules::strip_signature(&data).to_vec()),
+            Node::File(data),
             0o644,
         );
     }
