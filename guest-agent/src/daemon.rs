@@ -127,6 +127,9 @@ pub enum DaemonError {
     /// The Docker API's TLS endpoint could not be set up.
     #[error("cannot serve the Docker API over TLS: {0}")]
     Tls(String),
+    /// Init did not say that the root is ready.
+    #[error("the guest's init gave up before the agent's root was ready: {0}")]
+    RootNotReady(String),
     /// The vsock port could not be listened on.
     #[error("cannot listen on vsock port {port}: {source}")]
     Vsock {
@@ -313,6 +316,26 @@ pub async fn purge(root: &Path) -> Result<(), DaemonError> {
     crate::engine::Engine::purge(root)
         .await
         .map_err(|e| DaemonError::Purge(e.to_string()))
+}
+
+/// Waits for the go-ahead of the guest's init on `pipe`: one byte, written
+/// once the data disk is mounted at the agent's root and the network is
+/// up. Init starts the agent before that so that the agent's own start
+/// (the binary's load, the async runtime) overlaps the disk's mount.
+pub async fn wait_for_root(pipe: std::os::fd::OwnedFd) -> Result<(), DaemonError> {
+    use std::io::Read;
+    let mut pipe = File::from(pipe);
+    let mut byte = [0u8; 1];
+    let read = tokio::task::spawn_blocking(move || pipe.read(&mut byte))
+        .await
+        .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
+    match read {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(DaemonError::RootNotReady(
+            "its pipe closed without a word".into(),
+        )),
+        Err(e) => Err(DaemonError::RootNotReady(e.to_string())),
+    }
 }
 
 /// Serves the agent's gRPC API for `root` on `listen` until `shutdown`

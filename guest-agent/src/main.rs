@@ -68,6 +68,10 @@ enum Command {
         /// `berth-agent init`) instead of stopping this agent.
         #[arg(long)]
         power_off_on_shutdown: bool,
+        /// A pipe from the guest's init: serve once it says the root is
+        /// mounted (internal).
+        #[arg(long, value_name = "FD", hide = true)]
+        wait_for_root: Option<std::os::fd::RawFd>,
     },
     /// Removes what the agent of `--root` made on this host outside it:
     /// its containers (processes, mounts) and its networks (bridges, NAT
@@ -90,6 +94,25 @@ enum Command {
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
     /// The image store: pull, list, inspect, remove, gc.
     Image(Box<berth_agent::image::cli::ImageArgs>),
+}
+
+/// Descriptor `fd`, which this process inherited open, taken over (it is
+/// closed when dropped).
+fn take_inherited_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    if fd <= 2 {
+        return Err(format!("{fd} is a standard stream"));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is open (F_GETFD succeeded) and was handed to this process
+    // to own: nothing else in it refers to that descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// A `KEY=VALUE` label with a non-empty key.
@@ -169,9 +192,13 @@ fn serve(
     listen: Address,
     docker: Option<berth_agent::daemon::DockerApi>,
     links: berth_agent::daemon::Links,
+    wait_for_root: Option<std::os::fd::OwnedFd>,
 ) -> ExitCode {
     run_async(async move {
         let stop = termination();
+        if let Some(pipe) = wait_for_root {
+            berth_agent::daemon::wait_for_root(pipe).await?;
+        }
         berth_agent::daemon::serve(&root, &listen, docker, links, stop).await
     })
 }
@@ -205,30 +232,41 @@ fn main() -> ExitCode {
             link_port,
             vsock_port,
             power_off_on_shutdown,
-        } => serve(
-            root,
-            listen,
-            docker_socket.map(|socket| berth_agent::daemon::DockerApi {
-                socket,
-                insecure_registries: insecure_registry,
-                registry_mirrors: registry_mirror,
-                bridge_subnet,
-                labels: label,
-                tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
-                    |(address, ((ca, cert), key))| {
-                        (
-                            address,
-                            berth_agent::api::docker::tls::TlsFiles { ca, cert, key },
-                        )
-                    },
-                ),
-            }),
-            berth_agent::daemon::Links {
-                port: link_port,
-                vsock: vsock_port,
-                power_off: power_off_on_shutdown,
-            },
-        ),
+            wait_for_root,
+        } => {
+            let wait_for_root = match wait_for_root.map(take_inherited_fd).transpose() {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    tracing::error!("--wait-for-root: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve(
+                root,
+                listen,
+                docker_socket.map(|socket| berth_agent::daemon::DockerApi {
+                    socket,
+                    insecure_registries: insecure_registry,
+                    registry_mirrors: registry_mirror,
+                    bridge_subnet,
+                    labels: label,
+                    tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
+                        |(address, ((ca, cert), key))| {
+                            (
+                                address,
+                                berth_agent::api::docker::tls::TlsFiles { ca, cert, key },
+                            )
+                        },
+                    ),
+                }),
+                berth_agent::daemon::Links {
+                    port: link_port,
+                    vsock: vsock_port,
+                    power_off: power_off_on_shutdown,
+                },
+                wait_for_root,
+            )
+        }
         Command::Purge { root } => run_async(berth_agent::daemon::purge(&root)),
         Command::Shim(args) => {
             // Like the runtime's create: re-executed from a sealed copy

@@ -72,6 +72,78 @@ fn one_agent_per_root_and_a_clean_sigterm() {
     assert!(!root.join("agent.pid").exists(), "pid file removed");
 }
 
+/// `serve` with `--wait-for-root` on a pipe it inherits, and the pipe's
+/// other end.
+fn serve_waiting(root: &std::path::Path, socket: &std::path::Path) -> (Child, std::io::PipeWriter) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::unix::process::CommandExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    let fd = reader.as_raw_fd();
+    let mut cmd = serve(root, socket);
+    cmd.arg("--wait-for-root").arg(fd.to_string());
+    // SAFETY: fcntl(2) on a descriptor number is async-signal-safe; the
+    // descriptor is open (the reader lives until after spawn).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(fd);
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(reader);
+    (child, writer)
+}
+
+#[test]
+fn with_wait_for_root_it_serves_only_after_the_go_ahead() {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("ag")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("agent.sock");
+    let (child, mut go_ahead) = serve_waiting(&root, &socket);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!root.exists(), "the root was taken before the go-ahead");
+    assert!(!socket.exists());
+    go_ahead.write_all(b"1").unwrap();
+    wait_for(&socket);
+    assert!(root.join("agent.pid").exists());
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit on SIGTERM: {}", out.status);
+
+    // A pipe closed without the byte: init gave up; the agent ends.
+    let (child, go_ahead) = serve_waiting(&root, &socket);
+    drop(go_ahead);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the guest's init gave up before the agent's root was ready"),
+        "{stderr}"
+    );
+    assert!(!socket.exists());
+
+    for (fd, says) in [("1", "1 is a standard stream"), ("99", "descriptor 99: ")] {
+        let out = serve(&root, &socket)
+            .args(["--wait-for-root", fd])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("--wait-for-root: {says}")),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn never_removes_what_is_not_a_stale_socket() {
     let dir = tempfile::Builder::new()

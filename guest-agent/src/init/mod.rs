@@ -23,6 +23,7 @@
 //! - [`disk`] — the data disk.
 //! - [`power`] — the power button, stopping everything, powering off.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -76,6 +77,13 @@ pub fn main() -> ! {
         power::off();
     }
     info!("init started");
+    // Blocked from the start, in every thread init makes, so that they
+    // queue for `sigwait`: the agent's end is noticed even before init
+    // waits for it.
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        error!("cannot block signals: {e}");
+    }
     let settings = cmdline::Settings::from_proc();
     let workers = system::module_workers();
     let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
@@ -91,10 +99,25 @@ pub fn main() -> ! {
     }
     system::set_hostname(&settings.hostname);
     system::check_clock();
+    // The agent starts now, while the data disk mounts and the network
+    // comes up, and waits for the go-ahead on a pipe before it takes its
+    // root: its own start (the binary's load, the async runtime) costs the
+    // boot no time. Spawning waits for the agent's exec, so it has a
+    // thread of its own.
+    let start_waiting = || match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((wait, go_ahead)) => (start_agent(&settings, Some(wait)), Some(go_ahead)),
+        Err(e) => {
+            warn!("cannot make a pipe for the agent's go-ahead ({e}): it starts later");
+            (None, None)
+        }
+    };
     // The network and the data disk do not wait for each other where
     // there are CPUs to do both at once (on one, a second thread only
     // costs).
-    std::thread::scope(|scope| {
+    let (agent, go_ahead) = std::thread::scope(|scope| {
+        let starting = std::thread::Builder::new()
+            .name("agent".into())
+            .spawn_scoped(scope, start_waiting);
         let network = || {
             if let Err(e) = net::configure(&settings) {
                 warn!("network: {e}");
@@ -123,8 +146,20 @@ pub fn main() -> ! {
             }
             Err(network) => network(),
         }
+        match starting {
+            Ok(thread) => thread.join().unwrap_or((None, None)),
+            Err(_) => (None, None),
+        }
     });
-    supervise(&settings)
+    let agent = match go_ahead {
+        Some(go_ahead) => {
+            // An agent that has died meanwhile is restarted by supervise.
+            let _ = nix::unistd::write(&go_ahead, b"1");
+            agent
+        }
+        None => agent.or_else(|| start_agent(&settings, None)),
+    };
+    supervise(&settings, &signals, agent)
 }
 
 /// Blocks the signals init handles, so that they queue for `sigwait`.
@@ -142,16 +177,11 @@ fn handled_signals() -> SigSet {
     set
 }
 
-/// Runs the agent, restarts it when it dies, reaps orphans, and powers off
-/// when told to.
-fn supervise(settings: &cmdline::Settings) -> ! {
-    let signals = handled_signals();
-    if let Err(e) = signals.thread_block() {
-        error!("cannot block signals: {e}");
-    }
+/// Keeps `agent` running (restarting it when it dies), reaps orphans, and
+/// powers off when told to. `signals` are blocked in every thread.
+fn supervise(settings: &cmdline::Settings, signals: &SigSet, mut agent: Option<Child>) -> ! {
     // Once the agent serves: what it does not need to start.
     system::later_setup(Path::new(DOCKER_SOCKET));
-    let mut agent = start_agent(settings);
     let mut started = Instant::now();
     loop {
         let signal = match signals.wait() {
@@ -177,14 +207,15 @@ fn supervise(settings: &cmdline::Settings) -> ! {
             if since < RESTART_BACKOFF {
                 std::thread::sleep(RESTART_BACKOFF - since);
             }
-            agent = start_agent(settings);
+            agent = start_agent(settings, None);
             started = Instant::now();
         }
     }
 }
 
-/// Starts `berth-agent serve` with the guest's sockets and link.
-fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
+/// Starts `berth-agent serve` with the guest's sockets and link; with
+/// `wait`, the read end of a pipe, it serves once a byte comes on it.
+fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Child> {
     let mut command = Command::new("/proc/self/exe");
     command.args([
         "serve",
@@ -223,18 +254,33 @@ fn start_agent(settings: &cmdline::Settings) -> Option<Child> {
     command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     // Its log goes to the console, which error messages on the host quote.
     command.env("NO_COLOR", "1");
+    let wait_fd = wait.as_ref().map(|fd| fd.as_raw_fd());
+    if let Some(fd) = wait_fd {
+        command.arg("--wait-for-root").arg(fd.to_string());
+    }
     // Init blocks the signals it waits for; the agent, and every container
-    // it starts, must not inherit that.
+    // it starts, must not inherit that. The pipe is made close-on-exec, so
+    // that no other child holds it; the agent's copy is kept open.
     // SAFETY: between fork and exec the closure only calls
-    // pthread_sigmask(3) on a set built on the stack: async-signal-safe.
+    // pthread_sigmask(3) on a set built on the stack and fcntl(2) on a
+    // descriptor number: both async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
             SigSet::empty()
                 .thread_set_mask()
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            if let Some(fd) = wait_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
         });
     }
-    match command.spawn() {
+    let spawned = command.spawn();
+    // The agent has its own copy of the pipe's read end.
+    drop(wait);
+    match spawned {
         Ok(child) => {
             info!(pid = child.id(), "berth-agent serve started");
             Some(child)
