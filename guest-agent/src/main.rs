@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth_proto::link::Address;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -20,59 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the agent's API until SIGTERM or SIGINT.
-    Serve {
-        /// Directory holding the agent's state; one agent per root.
-        #[arg(long, value_name = "DIR")]
-        root: PathBuf,
-        /// Where to listen, e.g. unix:/run/berth/agent.sock.
-        #[arg(long, value_name = "ADDRESS")]
-        listen: Address,
-        /// Where to serve the Docker Engine API (a unix socket path).
-        #[arg(long, value_name = "PATH")]
-        docker_socket: Option<PathBuf>,
-        /// A registry (host:port) to reach over plain HTTP (repeatable).
-        #[arg(long, value_name = "HOST")]
-        insecure_registry: Vec<String>,
-        /// A mirror of Docker Hub to pull through, as a URL or host:port
-        /// (repeatable).
-        #[arg(long, value_name = "URL")]
-        registry_mirror: Vec<String>,
-        /// The default network's subnet (CIDR); by default the first of
-        /// 172.17–31.0.0/16 that no route of this host uses.
-        #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
-        bridge_subnet: Option<berth_agent::network::ipam::Subnet>,
-        /// A label of this engine, KEY=VALUE, as `docker info` shows it
-        /// (repeatable).
-        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
-        label: Vec<String>,
-        /// Also serve the Docker API on this TCP address, with mutual TLS
-        /// (needs --tls-ca, --tls-cert and --tls-key).
-        #[arg(long, value_name = "IP:PORT", requires_all = ["tls_ca", "tls_cert", "tls_key"], requires = "docker_socket")]
-        docker_tcp: Option<std::net::SocketAddr>,
-        /// The CA that signs the clients' certificates (PEM).
-        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
-        tls_ca: Option<PathBuf>,
-        /// The server's certificate (PEM).
-        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
-        tls_cert: Option<PathBuf>,
-        /// The server's private key (PEM).
-        #[arg(long, value_name = "FILE", requires = "docker_tcp")]
-        tls_key: Option<PathBuf>,
-        /// Also serve the gRPC API on this virtio-serial port (a VM's link).
-        #[arg(long, value_name = "DEVICE")]
-        link_port: Option<PathBuf>,
-        /// Also serve the gRPC API on this vsock port (a VM's link).
-        #[arg(long, value_name = "PORT")]
-        vsock_port: Option<u32>,
-        /// Make `Shutdown` power the machine off (when PID 1 is
-        /// `berth-agent init`) instead of stopping this agent.
-        #[arg(long)]
-        power_off_on_shutdown: bool,
-        /// A pipe from the guest's init: serve once it says the root is
-        /// mounted (internal).
-        #[arg(long, value_name = "FD", hide = true)]
-        wait_for_root: Option<std::os::fd::RawFd>,
-    },
+    Serve(Box<ServeArgs>),
     /// Removes what the agent of `--root` made on this host outside it:
     /// its containers (processes, mounts) and its networks (bridges, NAT
     /// rules). For a host done with the machine; no agent may serve the
@@ -94,6 +42,81 @@ enum Command {
     Runtime(Box<berth_agent::runtime::cli::RuntimeArgs>),
     /// The image store: pull, list, inspect, remove, gc.
     Image(Box<berth_agent::image::cli::ImageArgs>),
+}
+
+// `berth-agent serve` on its own, parsed without building every other
+// subcommand's parser: the guest's init starts it at every boot, and under
+// TCG building them all takes the guest about 25 ms. (Its help is the
+// subcommand's, so its doc is not a doc comment.)
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-agent",
+    bin_name = "berth-agent serve",
+    about = "Serve the agent's API until SIGTERM or SIGINT"
+)]
+struct ServeCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// `serve`'s options.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory holding the agent's state; one agent per root.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Where to listen, e.g. unix:/run/berth/agent.sock.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Address,
+    /// Where to serve the Docker Engine API (a unix socket path).
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
+    /// A registry (host:port) to reach over plain HTTP (repeatable).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// A mirror of Docker Hub to pull through, as a URL or host:port
+    /// (repeatable).
+    #[arg(long, value_name = "URL")]
+    registry_mirror: Vec<String>,
+    /// The default network's subnet (CIDR); by default the first of
+    /// 172.17–31.0.0/16 that no route of this host uses.
+    #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+    bridge_subnet: Option<berth_agent::network::ipam::Subnet>,
+    /// A label of this engine, KEY=VALUE, as `docker info` shows it
+    /// (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    label: Vec<String>,
+    /// Also serve the Docker API on this TCP address, with mutual TLS
+    /// (needs --tls-ca, --tls-cert and --tls-key).
+    #[arg(long, value_name = "IP:PORT", requires_all = ["tls_ca", "tls_cert", "tls_key"], requires = "docker_socket")]
+    docker_tcp: Option<std::net::SocketAddr>,
+    /// The CA that signs the clients' certificates (PEM).
+    #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+    tls_ca: Option<PathBuf>,
+    /// The server's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "docker_tcp")]
+    tls_key: Option<PathBuf>,
+    /// Also serve the gRPC API on this virtio-serial port (a VM's link).
+    #[arg(long, value_name = "DEVICE")]
+    link_port: Option<PathBuf>,
+    /// Also serve the gRPC API on the virtio-serial port of this name,
+    /// looked up when serving starts (after --wait-for-root's go-ahead).
+    #[arg(long, value_name = "NAME", conflicts_with = "link_port")]
+    link_port_name: Option<String>,
+    /// Also serve the gRPC API on this vsock port (a VM's link).
+    #[arg(long, value_name = "PORT")]
+    vsock_port: Option<u32>,
+    /// Make `Shutdown` power the machine off (when PID 1 is
+    /// `berth-agent init`) instead of stopping this agent.
+    #[arg(long)]
+    power_off_on_shutdown: bool,
+    /// A pipe from the guest's init: serve once it says the root is
+    /// mounted (internal).
+    #[arg(long, value_name = "FD", hide = true)]
+    wait_for_root: Option<std::os::fd::RawFd>,
 }
 
 /// Descriptor `fd`, which this process inherited open, taken over (it is
@@ -187,17 +210,64 @@ fn run_async<E: std::fmt::Display>(
 }
 
 /// Serves until SIGTERM or SIGINT.
-fn serve(
-    root: PathBuf,
-    listen: Address,
-    docker: Option<berth_agent::daemon::DockerApi>,
-    links: berth_agent::daemon::Links,
-    wait_for_root: Option<std::os::fd::OwnedFd>,
-) -> ExitCode {
+fn serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        root,
+        listen,
+        docker_socket,
+        insecure_registry,
+        registry_mirror,
+        bridge_subnet,
+        label,
+        docker_tcp,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        link_port,
+        link_port_name,
+        vsock_port,
+        power_off_on_shutdown,
+        wait_for_root,
+    } = args;
+    let wait_for_root = match wait_for_root.map(take_inherited_fd).transpose() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            tracing::error!("--wait-for-root: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let docker = docker_socket.map(|socket| berth_agent::daemon::DockerApi {
+        socket,
+        insecure_registries: insecure_registry,
+        registry_mirrors: registry_mirror,
+        bridge_subnet,
+        labels: label,
+        tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
+            |(address, ((ca, cert), key))| {
+                (
+                    address,
+                    berth_agent::api::docker::tls::TlsFiles { ca, cert, key },
+                )
+            },
+        ),
+    });
+    let mut links = berth_agent::daemon::Links {
+        port: link_port,
+        vsock: vsock_port,
+        power_off: power_off_on_shutdown,
+    };
     run_async(async move {
         let stop = termination();
         if let Some(pipe) = wait_for_root {
             berth_agent::daemon::wait_for_root(pipe).await?;
+        }
+        if let Some(name) = link_port_name {
+            links.port = berth_agent::link::find_port(&name);
+            if links.port.is_none() {
+                tracing::warn!(
+                    "no virtio-serial port named {name}: the host cannot reach the agent"
+                );
+            }
         }
         berth_agent::daemon::serve(&root, &listen, docker, links, stop).await
     })
@@ -210,6 +280,13 @@ fn main() -> ExitCode {
         init_logging();
         berth_agent::init::main();
     }
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "serve") {
+        // Clap takes the first argument for the program's name.
+        let serve_cli = ServeCli::parse_from(std::env::args_os().skip(1));
+        init_logging();
+        return serve(serve_cli.args);
+    }
     let cli = Cli::parse();
     init_logging();
     match cli.command {
@@ -217,56 +294,7 @@ fn main() -> ExitCode {
             tracing::error!("berth-agent init runs only as PID 1 of Berth's guest VM");
             ExitCode::FAILURE
         }
-        Command::Serve {
-            root,
-            listen,
-            docker_socket,
-            insecure_registry,
-            registry_mirror,
-            bridge_subnet,
-            label,
-            docker_tcp,
-            tls_ca,
-            tls_cert,
-            tls_key,
-            link_port,
-            vsock_port,
-            power_off_on_shutdown,
-            wait_for_root,
-        } => {
-            let wait_for_root = match wait_for_root.map(take_inherited_fd).transpose() {
-                Ok(pipe) => pipe,
-                Err(e) => {
-                    tracing::error!("--wait-for-root: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            serve(
-                root,
-                listen,
-                docker_socket.map(|socket| berth_agent::daemon::DockerApi {
-                    socket,
-                    insecure_registries: insecure_registry,
-                    registry_mirrors: registry_mirror,
-                    bridge_subnet,
-                    labels: label,
-                    tcp: docker_tcp.zip(tls_ca.zip(tls_cert).zip(tls_key)).map(
-                        |(address, ((ca, cert), key))| {
-                            (
-                                address,
-                                berth_agent::api::docker::tls::TlsFiles { ca, cert, key },
-                            )
-                        },
-                    ),
-                }),
-                berth_agent::daemon::Links {
-                    port: link_port,
-                    vsock: vsock_port,
-                    power_off: power_off_on_shutdown,
-                },
-                wait_for_root,
-            )
-        }
+        Command::Serve(args) => serve(*args),
         Command::Purge { root } => run_async(berth_agent::daemon::purge(&root)),
         Command::Shim(args) => {
             // Like the runtime's create: re-executed from a sealed copy

@@ -4,8 +4,8 @@
 //! from, mount the kernel's file systems, load the kernel modules
 //! the image lists, mount cgroup2, set the hostname, bring the network up on
 //! QEMU's user network, mount the persistent data disk (formatting it on
-//! first boot) at the agent's root, then run `berth-agent serve` and keep
-//! it running. It reaps every orphan, and on SIGTERM, SIGUSR2 (the agent's
+//! first boot) at the agent's root, then let `berth-agent serve` (started
+//! first, waiting for that) serve, and keep it running. It reaps every orphan, and on SIGTERM, SIGUSR2 (the agent's
 //! `Shutdown`), SIGPWR or the ACPI power button it stops everything, syncs,
 //! unmounts and powers off.
 //!
@@ -86,23 +86,10 @@ pub fn main() -> ! {
     }
     let settings = cmdline::Settings::from_proc();
     let workers = system::module_workers();
-    let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
-    if system::vsock_device_present() {
-        loaded.extend(system::load_modules(system::VSOCK_MODULES, workers));
-    }
-    if initramfs {
-        // Their files are memory there, and not needed again.
-        system::delete_files(&loaded);
-    }
-    if let Err(e) = system::mount_cgroup2() {
-        warn!("{e}");
-    }
-    system::set_hostname(&settings.hostname);
-    system::check_clock();
-    // The agent starts now, while the data disk mounts and the network
-    // comes up, and waits for the go-ahead on a pipe before it takes its
-    // root: its own start (the binary's load, the async runtime) costs the
-    // boot no time. Spawning waits for the agent's exec, so it has a
+    // The agent starts first, and waits for the go-ahead on a pipe before
+    // it takes its root: its own start (the binary's load, parsing its
+    // arguments, the async runtime) overlaps the modules' loading and the
+    // data disk's mount. Spawning waits for the agent's exec, so it has a
     // thread of its own.
     let start_waiting = || match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok((wait, go_ahead)) => (start_agent(&settings, Some(wait)), Some(go_ahead)),
@@ -111,13 +98,26 @@ pub fn main() -> ! {
             (None, None)
         }
     };
-    // The network and the data disk do not wait for each other where
-    // there are CPUs to do both at once (on one, a second thread only
-    // costs).
     let (agent, go_ahead) = std::thread::scope(|scope| {
         let starting = std::thread::Builder::new()
             .name("agent".into())
             .spawn_scoped(scope, start_waiting);
+        let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
+        if system::vsock_device_present() {
+            loaded.extend(system::load_modules(system::VSOCK_MODULES, workers));
+        }
+        if initramfs {
+            // Their files are memory there, and not needed again.
+            system::delete_files(&loaded);
+        }
+        if let Err(e) = system::mount_cgroup2() {
+            warn!("{e}");
+        }
+        system::set_hostname(&settings.hostname);
+        system::check_clock();
+        // The network and the data disk do not wait for each other where
+        // there are CPUs to do both at once (on one, a second thread only
+        // costs).
         let network = || {
             if let Err(e) = net::configure(&settings) {
                 warn!("network: {e}");
@@ -227,16 +227,18 @@ fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Ch
         DOCKER_SOCKET,
         "--power-off-on-shutdown",
     ]);
-    match crate::link::find_port(crate::link::PORT_NAME) {
-        Some(port) => {
-            command.arg("--link-port").arg(port);
-        }
-        None => warn!(
-            "no virtio-serial port named {}: the host cannot reach the agent",
-            crate::link::PORT_NAME
-        ),
-    }
-    if system::has_vsock() {
+    // Looked up by the agent once it may serve: on its first start the
+    // port's driver may still be loading.
+    command.arg("--link-port-name").arg(crate::link::PORT_NAME);
+    // Started early, the agent is told of a vsock device whose modules
+    // are loaded before the go-ahead; should they fail, it ends, and its
+    // restart goes by what is bound.
+    let vsock = if wait.is_some() {
+        system::vsock_device_present()
+    } else {
+        system::has_vsock()
+    };
+    if vsock {
         command
             .arg("--vsock-port")
             .arg(crate::link::VSOCK_PORT.to_string());
