@@ -640,6 +640,13 @@ mod tests {
         ] {
             assert!(args.contains(part), "{part} missing from {args}");
         }
+        // Under TCG, x86 guests are told of no ERMS (see tcg_cpu).
+        let cpu = format!("-cpu {} ", guest_platform().tcg_cpu);
+        assert!(args.contains(&cpu), "{cpu} missing from {args}");
+        assert_eq!(
+            cfg!(target_arch = "x86_64"),
+            guest_platform().tcg_cpu == "max,erms=off"
+        );
         assert!(d.kernel_cmdline().contains(
             "berth.hostname=dev berth.disk=berth-data berth.insecure_registry=10.0.2.2:5000 \
              berth.label=tier=dev berth.env=HTTP_PROXY=http://p:3128"
