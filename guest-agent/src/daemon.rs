@@ -323,18 +323,15 @@ pub async fn purge(root: &Path) -> Result<(), DaemonError> {
 /// up. Init starts the agent before that so that the agent's own start
 /// (the binary's load, the async runtime) overlaps the disk's mount.
 pub async fn wait_for_root(pipe: std::os::fd::OwnedFd) -> Result<(), DaemonError> {
-    use std::io::Read;
-    let mut pipe = File::from(pipe);
+    use tokio::io::AsyncReadExt;
+    let not_ready = |e: io::Error| DaemonError::RootNotReady(e.to_string());
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).map_err(not_ready)?;
     let mut byte = [0u8; 1];
-    let read = tokio::task::spawn_blocking(move || pipe.read(&mut byte))
-        .await
-        .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
-    match read {
-        Ok(1) => Ok(()),
-        Ok(_) => Err(DaemonError::RootNotReady(
+    match pipe.read(&mut byte).await.map_err(not_ready)? {
+        1 => Ok(()),
+        _ => Err(DaemonError::RootNotReady(
             "its pipe closed without a word".into(),
         )),
-        Err(e) => Err(DaemonError::RootNotReady(e.to_string())),
     }
 }
 

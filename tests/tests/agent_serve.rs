@@ -1,6 +1,7 @@
 //! `berth-agent serve` on its own: one agent per root, safe socket
 //! handling, a clean stop on SIGTERM.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,18 @@ fn serve(root: &std::path::Path, socket: &std::path::Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// A scratch directory under /tmp (a socket's path must be short), and
+/// the paths of a root and a socket in it.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("ag")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("agent.sock");
+    (dir, root, socket)
 }
 
 fn wait_for(path: &std::path::Path) {
@@ -41,12 +54,7 @@ fn sigterm(child: &Child) {
 
 #[test]
 fn one_agent_per_root_and_a_clean_sigterm() {
-    let dir = tempfile::Builder::new()
-        .prefix("ag")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let root = dir.path().join("root");
-    let socket = dir.path().join("agent.sock");
+    let (dir, root, socket) = scratch();
     let first = serve(&root, &socket).spawn().unwrap();
     wait_for(&socket);
 
@@ -101,12 +109,7 @@ fn serve_waiting(root: &std::path::Path, socket: &std::path::Path) -> (Child, st
 #[test]
 fn with_wait_for_root_it_serves_only_after_the_go_ahead() {
     use std::io::Write;
-    let dir = tempfile::Builder::new()
-        .prefix("ag")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let root = dir.path().join("root");
-    let socket = dir.path().join("agent.sock");
+    let (_dir, root, socket) = scratch();
     let (child, mut go_ahead) = serve_waiting(&root, &socket);
     std::thread::sleep(Duration::from_millis(500));
     assert!(!root.exists(), "the root was taken before the go-ahead");
@@ -146,11 +149,7 @@ fn with_wait_for_root_it_serves_only_after_the_go_ahead() {
 
 #[test]
 fn never_removes_what_is_not_a_stale_socket() {
-    let dir = tempfile::Builder::new()
-        .prefix("ag")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let path = dir.path().join("agent.sock");
+    let (dir, _, path) = scratch();
 
     // A regular file in the way is kept, and the agent says why it stops.
     std::fs::write(&path, "precious").unwrap();
