@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the agent's API until SIGTERM or SIGINT.
+    #[command(about = SERVE_ABOUT)]
     Serve(Box<ServeArgs>),
     /// Removes what the agent of `--root` made on this host outside it:
     /// its containers (processes, mounts) and its networks (bridges, NAT
@@ -44,16 +44,15 @@ enum Command {
     Image(Box<berth_agent::image::cli::ImageArgs>),
 }
 
+/// What `berth-agent serve` does, as both parsers of it say.
+const SERVE_ABOUT: &str = "Serve the agent's API until SIGTERM or SIGINT";
+
 // `berth-agent serve` on its own, parsed without building every other
 // subcommand's parser: the guest's init starts it at every boot, and under
 // TCG building them all takes the guest about 25 ms. (Its help is the
 // subcommand's, so its doc is not a doc comment.)
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth-agent",
-    bin_name = "berth-agent serve",
-    about = "Serve the agent's API until SIGTERM or SIGINT"
-)]
+#[command(name = "berth-agent", bin_name = "berth-agent serve", about = SERVE_ABOUT)]
 struct ServeCli {
     #[command(flatten)]
     args: ServeArgs,
@@ -280,8 +279,7 @@ fn main() -> ExitCode {
         init_logging();
         berth_agent::init::main();
     }
-    let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "serve") {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         // Clap takes the first argument for the program's name.
         let serve_cli = ServeCli::parse_from(std::env::args_os().skip(1));
         init_logging();

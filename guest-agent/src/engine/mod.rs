@@ -769,8 +769,9 @@ impl Engine {
         let netns = self.plug(container, &image_cfg).await?;
         let record = container.record();
         let (mut binds, tmpfs) = self.mounts(&record, &image_cfg)?;
+        let extra_hosts = spec::extra_hosts(&record.host_config)?;
         let own_gateway = record.network.endpoints.iter().find_map(|e| e.gateway);
-        let wants_gateway = spec::extra_hosts(&record.host_config)?
+        let wants_gateway = extra_hosts
             .iter()
             .any(|(_, a)| *a == spec::HostAddress::Gateway);
         let gateway = match own_gateway {
@@ -781,7 +782,7 @@ impl Engine {
                 .map_err(network_error)?,
             own => own,
         };
-        binds.extend(self.etc_files(&record, gateway)?);
+        binds.extend(self.etc_files(&record, extra_hosts, gateway)?);
         let spec = spec::build(
             &record,
             &spec::Inputs {
@@ -986,10 +987,12 @@ impl Engine {
     /// On the host's network they are made from the host's own (its hosts
     /// file and resolvers, loopback ones too: the container shares the
     /// host's loopback), with `--add-host` and `--dns…` applied.
-    /// `gateway` is what `host-gateway` names.
+    /// `extra_hosts` are the record's `--add-host`s, parsed; `gateway` is
+    /// what `host-gateway` names.
     fn etc_files(
         &self,
         record: &Record,
+        extra_hosts: Vec<(String, spec::HostAddress)>,
         gateway: Option<std::net::Ipv4Addr>,
     ) -> Result<Vec<spec::Bind>, EngineError> {
         let on_host = record.host_config.network_mode == "host";
@@ -1013,7 +1016,7 @@ impl Engine {
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own}\t{hostname}\n"
             )
         };
-        for (name, address) in spec::extra_hosts(&record.host_config)? {
+        for (name, address) in extra_hosts {
             let address = match address {
                 spec::HostAddress::Ip(ip) => ip.to_string(),
                 spec::HostAddress::Gateway => match gateway {

@@ -5,9 +5,9 @@
 //! the image lists, mount cgroup2, set the hostname, bring the network up on
 //! QEMU's user network, mount the persistent data disk (formatting it on
 //! first boot) at the agent's root, then let `berth-agent serve` (started
-//! first, waiting for that) serve, and keep it running. It reaps every orphan, and on SIGTERM, SIGUSR2 (the agent's
-//! `Shutdown`), SIGPWR or the ACPI power button it stops everything, syncs,
-//! unmounts and powers off.
+//! first, waiting for that) serve, and keep it running. It reaps every
+//! orphan, and on SIGTERM, SIGUSR2 (the agent's `Shutdown`), SIGPWR or the
+//! ACPI power button it stops everything, syncs, unmounts and powers off.
 //!
 //! Settings come from the kernel command line (`berth.*=`, see
 //! [`cmdline::Settings`]). Everything is logged to the console, which the
