@@ -7,18 +7,24 @@
 //! died is removed, but only when nothing answers on it and it really is
 //! a socket. Nothing here ever deletes a file that is not ours.
 
+use std::convert::Infallible;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use berth_proto::layout;
 use berth_proto::link::Address;
 use berth_proto::pb::agent_server::AgentServer;
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::body::Body;
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
 use tracing::{info, warn};
 
 use crate::api::grpc::{AgentService, ShutdownAction, Targets};
@@ -64,6 +70,189 @@ pub struct Links {
     /// `Shutdown` powers the machine off (PID 1 is `berth-agent init`)
     /// instead of stopping this agent.
     pub power_off: bool,
+}
+
+/// Where a [`Gate`] stands.
+enum GateState<S> {
+    /// The service is not there yet: calls wait.
+    Closed,
+    /// Calls go to the service.
+    Open(S),
+    /// The agent stops (or never started): calls are refused.
+    Ended,
+}
+
+/// A service that takes calls before it exists: each waits until the
+/// service is put in ([`Gate::open`]), and is then handed to it.
+pub struct Gate<S> {
+    state: watch::Sender<GateState<S>>,
+}
+
+impl<S> Gate<S> {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Gate {
+            state: watch::Sender::new(GateState::Closed),
+        }
+    }
+
+    /// What takes the calls: a service to serve in `S`'s place.
+    pub fn service(&self) -> Gated<S> {
+        Gated {
+            state: self.state.subscribe(),
+        }
+    }
+
+    /// Hands the waiting calls, and every later one, to `service`.
+    pub fn open(&self, service: S) {
+        self.state.send_replace(GateState::Open(service));
+    }
+
+    /// Refuses the waiting calls and every later one; ends the servers
+    /// that serve [`Gate::service`] through [`Gate::closed`].
+    pub fn end(&self) {
+        self.state.send_replace(GateState::Ended);
+    }
+
+    /// Completes once the gate is ended (or dropped): a server's
+    /// shutdown signal.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: Send + Sync + 'static,
+    {
+        let mut state = self.state.subscribe();
+        async move {
+            let _ = state.wait_for(|s| matches!(s, GateState::Ended)).await;
+        }
+    }
+}
+
+impl<S> Default for Gate<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Drop for Gate<S> {
+    fn drop(&mut self) {
+        self.state.send_replace(GateState::Ended);
+    }
+}
+
+/// The stand-in a [`Gate`] gives out.
+pub struct Gated<S> {
+    state: watch::Receiver<GateState<S>>,
+}
+
+impl<S> Clone for Gated<S> {
+    fn clone(&self) -> Self {
+        Gated {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Gated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Gated<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness is the call's to wait for, not the connection's: HTTP/2
+        // keeps working (its pings, other streams) while calls wait.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let mut state = self.state.clone();
+        Box::pin(async move {
+            let service = match state
+                .wait_for(|s| !matches!(s, GateState::Closed))
+                .await
+                .as_deref()
+            {
+                Ok(GateState::Open(service)) => Some(service.clone()),
+                _ => None,
+            };
+            match service {
+                Some(mut service) => {
+                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    service.call(request).await
+                }
+                None => Ok(tonic::Status::unavailable(
+                    "the agent is not serving (it stopped, or could not start)",
+                )
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// The agent's API on a VM's link.
+type AgentApi = AgentServer<AgentService>;
+
+/// The servers of a VM's link (its virtio-serial port, its vsock port),
+/// which may start before the agent serves: the host then connects (the
+/// port's handshake, HTTP/2's settings) while the agent still waits for
+/// its root, and its calls wait until the agent serves them.
+pub struct LinkServers {
+    gate: Gate<AgentApi>,
+    power_off: bool,
+}
+
+impl LinkServers {
+    /// Serves `links`; calls wait until the agent serves.
+    pub fn start(links: &Links) -> Result<Self, DaemonError> {
+        let gate = Gate::new();
+        if let Some(device) = links.port.clone() {
+            // The host side can vanish without a word (its supervisor
+            // killed): probe the held connection so that the port is freed
+            // for the next.
+            let server = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(berth_proto::link::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(berth_proto::link::KEEPALIVE_TIMEOUT))
+                .add_service(gate.service())
+                .serve_with_incoming_shutdown(
+                    crate::link::port_connections(device.clone()),
+                    gate.closed(),
+                );
+            info!(port = %device.display(), "serving the link port");
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    warn!("serving the link port {} failed: {e}", device.display());
+                }
+            });
+        }
+        if let Some(port) = links.vsock {
+            let incoming = crate::link::vsock_connections(port)
+                .map_err(|source| DaemonError::Vsock { port, source })?;
+            let server = tonic::transport::Server::builder()
+                .add_service(gate.service())
+                .serve_with_incoming_shutdown(incoming, gate.closed());
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    warn!("serving vsock port {port} failed: {e}");
+                }
+            });
+            info!(port, "serving vsock");
+        }
+        Ok(LinkServers {
+            gate,
+            power_off: links.power_off,
+        })
+    }
 }
 
 /// Why the agent could not serve.
@@ -318,20 +507,63 @@ pub async fn purge(root: &Path) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Purge(e.to_string()))
 }
 
-/// Waits for the go-ahead of the guest's init on `pipe`: one byte, written
-/// once the data disk is mounted at the agent's root and the network is
-/// up. Init starts the agent before that so that the agent's own start
-/// (the binary's load, the async runtime) overlaps the disk's mount.
-pub async fn wait_for_root(pipe: std::os::fd::OwnedFd) -> Result<(), DaemonError> {
-    use tokio::io::AsyncReadExt;
-    let not_ready = |e: io::Error| DaemonError::RootNotReady(e.to_string());
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).map_err(not_ready)?;
-    let mut byte = [0u8; 1];
-    match pipe.read(&mut byte).await.map_err(not_ready)? {
-        1 => Ok(()),
-        _ => Err(DaemonError::RootNotReady(
-            "its pipe closed without a word".into(),
-        )),
+/// The stages of the guest's boot that init tells an agent it started
+/// early, one byte each on a pipe, in this order. Init starts the agent
+/// first so that the agent's own start (the binary's load, the async
+/// runtime) overlaps the modules' loading and the disk's mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum BootStage {
+    /// The boot modules are in: the link's devices exist.
+    Link = b'l',
+    /// The data disk is mounted at the agent's root and the network is up.
+    Root = b'r',
+}
+
+/// The agent's end of init's pipe: where the boot has got to.
+pub struct BootStages {
+    pipe: tokio::net::unix::pipe::Receiver,
+    reached: Option<BootStage>,
+}
+
+impl BootStages {
+    /// Reads init's word from `pipe`.
+    pub fn new(pipe: std::os::fd::OwnedFd) -> Result<Self, DaemonError> {
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
+            .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
+        Ok(BootStages {
+            pipe,
+            reached: None,
+        })
+    }
+
+    /// Waits until the boot has reached `stage` (a later stage counts).
+    pub async fn reached(&mut self, stage: BootStage) -> Result<(), DaemonError> {
+        use tokio::io::AsyncReadExt;
+        while self.reached < Some(stage) {
+            let mut byte = [0u8; 1];
+            let read = self
+                .pipe
+                .read(&mut byte)
+                .await
+                .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
+            self.reached = Some(match (read, byte[0]) {
+                (0, _) => {
+                    return Err(DaemonError::RootNotReady(
+                        "its pipe closed without a word".into(),
+                    ))
+                }
+                (_, b) if b == BootStage::Link as u8 => BootStage::Link,
+                (_, b) if b == BootStage::Root as u8 => BootStage::Root,
+                (_, b) => {
+                    return Err(DaemonError::RootNotReady(format!(
+                        "it said {:?}, which is no stage of the boot",
+                        char::from(b)
+                    )))
+                }
+            });
+        }
+        Ok(())
     }
 }
 
@@ -341,7 +573,7 @@ pub async fn serve(
     root: &Path,
     listen: &Address,
     docker: Option<DockerApi>,
-    links: Links,
+    links: LinkServers,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let Address::Unix(path) = listen else {
@@ -416,46 +648,14 @@ pub async fn serve(
     if let Some(engine) = engine_of_docker {
         service = service.with_engine(engine);
     }
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Some(device) = links.port.clone() {
-        // The host side can vanish without a word (its supervisor killed):
-        // probe the held connection so that the port is freed for the next.
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(berth_proto::link::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(berth_proto::link::KEEPALIVE_TIMEOUT))
-            .add_service(AgentServer::new(service.clone()))
-            .serve_with_incoming_shutdown(
-                crate::link::port_connections(device.clone()),
-                stopped(stop_rx.clone()),
-            );
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                warn!("serving the link port {} failed: {e}", device.display());
-            }
-        });
-        info!(port = %links.port.as_deref().unwrap_or(Path::new("")).display(), "serving the link port");
-    }
-    if let Some(port) = links.vsock {
-        let incoming = crate::link::vsock_connections(port)
-            .map_err(|source| DaemonError::Vsock { port, source })?;
-        let server = tonic::transport::Server::builder()
-            .add_service(AgentServer::new(service.clone()))
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                warn!("serving vsock port {port} failed: {e}");
-            }
-        });
-        info!(port, "serving vsock");
-    }
+    links.gate.open(AgentServer::new(service.clone()));
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = stop_requested.notified() => info!("shutdown requested over gRPC"),
         }
         let _ = stop_tx.send(true);
+        links.gate.end();
     };
     info!(
         version = crate::VERSION,
@@ -486,6 +686,117 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service that says who answered.
+    #[derive(Clone)]
+    struct Answers(&'static str);
+
+    impl Service<http::Request<Body>> for Answers {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            let response = http::Response::builder()
+                .header("answered-by", self.0)
+                .body(Body::empty())
+                .expect("a valid response");
+            std::future::ready(Ok(response))
+        }
+    }
+
+    fn call(service: &Gated<Answers>) -> tokio::task::JoinHandle<http::Response<Body>> {
+        let mut service = service.clone();
+        let request = http::Request::new(Body::empty());
+        tokio::spawn(async move {
+            match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_gate_holds_calls_until_it_opens_then_refuses_them_once_ended() {
+        let gate = Gate::new();
+        let gated = gate.service();
+        let early = call(&gated);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!early.is_finished(), "a call went through a closed gate");
+        gate.open(Answers("agent"));
+        let answered = early.await.unwrap();
+        assert_eq!(answered.headers()["answered-by"], "agent");
+        assert_eq!(
+            call(&gated).await.unwrap().headers()["answered-by"],
+            "agent"
+        );
+
+        let closed = gate.closed();
+        gate.end();
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("servers are told to stop when the gate ends");
+        let refused = call(&gated).await.unwrap();
+        // UNAVAILABLE, and never the service's answer.
+        assert_eq!(grpc_status(&refused), Some("14"));
+        assert!(refused.headers().get("answered-by").is_none());
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_at_a_gate_that_goes_away_are_refused() {
+        let gate: Gate<Answers> = Gate::new();
+        let waiting = call(&gate.service());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(gate);
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a waiting call ends when its gate goes")
+            .unwrap();
+        assert_eq!(grpc_status(&refused), Some("14"));
+    }
+
+    #[tokio::test]
+    async fn boot_stages_come_in_order_and_a_later_one_implies_the_earlier() {
+        use std::io::Write;
+        let stages = |said: &[u8], close: bool| {
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            writer.write_all(said).unwrap();
+            let writer = (!close).then_some(writer);
+            (BootStages::new(reader.into()).unwrap(), writer)
+        };
+        let (mut boot, mut init) = stages(b"l", false);
+        boot.reached(BootStage::Link).await.unwrap();
+        let root =
+            tokio::time::timeout(Duration::from_millis(50), boot.reached(BootStage::Root)).await;
+        assert!(root.is_err(), "the root was ready before init said so");
+        init.as_mut().unwrap().write_all(b"r").unwrap();
+        boot.reached(BootStage::Root).await.unwrap();
+        boot.reached(BootStage::Link).await.unwrap();
+
+        let (mut boot, _init) = stages(b"r", false);
+        boot.reached(BootStage::Link).await.unwrap();
+        boot.reached(BootStage::Root).await.unwrap();
+
+        let (mut boot, _) = stages(b"l", true);
+        boot.reached(BootStage::Link).await.unwrap();
+        let err = boot.reached(BootStage::Root).await.unwrap_err();
+        assert!(err.to_string().contains("closed without a word"), "{err}");
+
+        let (mut boot, _) = stages(b"1", true);
+        let err = boot.reached(BootStage::Link).await.unwrap_err();
+        assert!(err.to_string().contains("'1', which is no stage"), "{err}");
+    }
 
     #[test]
     fn second_lock_on_a_root_is_refused() {

@@ -102,7 +102,8 @@ struct ServeArgs {
     #[arg(long, value_name = "DEVICE")]
     link_port: Option<PathBuf>,
     /// Also serve the gRPC API on the virtio-serial port of this name,
-    /// looked up when serving starts (after --wait-for-root's go-ahead).
+    /// looked up once the link's devices exist (after --wait-for-root's
+    /// first word).
     #[arg(long, value_name = "NAME", conflicts_with = "link_port")]
     link_port_name: Option<String>,
     /// Also serve the gRPC API on this vsock port (a VM's link).
@@ -112,8 +113,9 @@ struct ServeArgs {
     /// `berth-agent init`) instead of stopping this agent.
     #[arg(long)]
     power_off_on_shutdown: bool,
-    /// A pipe from the guest's init: serve once it says the root is
-    /// mounted (internal).
+    /// A pipe from the guest's init: serve the link once it says the
+    /// link's devices exist, and the root once it says that is mounted
+    /// (internal).
     #[arg(long, value_name = "FD", hide = true)]
     wait_for_root: Option<std::os::fd::RawFd>,
 }
@@ -256,9 +258,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         power_off: power_off_on_shutdown,
     };
     run_async(async move {
+        use berth_agent::daemon::{BootStage, BootStages, LinkServers};
         let stop = termination();
-        if let Some(pipe) = wait_for_root {
-            berth_agent::daemon::wait_for_root(pipe).await?;
+        let mut boot = wait_for_root.map(BootStages::new).transpose()?;
+        if let Some(boot) = &mut boot {
+            boot.reached(BootStage::Link).await?;
         }
         if let Some(name) = link_port_name {
             links.port = berth_agent::link::find_port(&name);
@@ -267,6 +271,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                     "no virtio-serial port named {name}: the host cannot reach the agent"
                 );
             }
+        }
+        // The host may connect while the root is readied; its calls wait.
+        let links = LinkServers::start(&links)?;
+        if let Some(boot) = &mut boot {
+            boot.reached(BootStage::Root).await?;
         }
         berth_agent::daemon::serve(&root, &listen, docker, links, stop).await
     })

@@ -111,10 +111,14 @@ fn with_wait_for_root_it_serves_only_after_the_go_ahead() {
     use std::io::Write;
     let (_dir, root, socket) = scratch();
     let (child, mut go_ahead) = serve_waiting(&root, &socket);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     assert!(!root.exists(), "the root was taken before the go-ahead");
+    // The link's stage: still not the root's.
+    go_ahead.write_all(b"l").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!root.exists(), "the root was taken at the link's go-ahead");
     assert!(!socket.exists());
-    go_ahead.write_all(b"1").unwrap();
+    go_ahead.write_all(b"r").unwrap();
     wait_for(&socket);
     assert!(root.join("agent.pid").exists());
     sigterm(&child);

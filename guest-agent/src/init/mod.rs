@@ -32,6 +32,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use crate::daemon::BootStage;
+
 pub mod children;
 pub mod cmdline;
 pub mod disk;
@@ -86,25 +88,40 @@ pub fn main() -> ! {
     }
     let settings = cmdline::Settings::from_proc();
     let workers = system::module_workers();
-    // The agent starts first, and waits for the go-ahead on a pipe before
-    // it takes its root: its own start (the binary's load, parsing its
-    // arguments, the async runtime) overlaps the modules' loading and the
-    // data disk's mount. Spawning waits for the agent's exec, so it has a
-    // thread of its own.
-    let start_waiting = || match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok((wait, go_ahead)) => (start_agent(&settings, Some(wait)), Some(go_ahead)),
+    // The agent starts first, and is told on a pipe when the boot has got
+    // far enough for it to serve its link, and then to take its root: its
+    // own start (the binary's load, parsing its arguments, the async
+    // runtime) overlaps the modules' loading and the data disk's mount, and
+    // the host's connecting overlaps the mount. Spawning waits for the
+    // agent's exec, so it has a thread of its own.
+    let (wait, go_ahead) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((wait, go_ahead)) => (Some(wait), Some(go_ahead)),
         Err(e) => {
             warn!("cannot make a pipe for the agent's go-ahead ({e}): it starts later");
             (None, None)
         }
     };
-    let (agent, go_ahead) = std::thread::scope(|scope| {
-        let starting = std::thread::Builder::new()
-            .name("agent".into())
-            .spawn_scoped(scope, start_waiting);
+    let tell = |stage: BootStage| {
+        if let Some(pipe) = &go_ahead {
+            // An agent that has died meanwhile is restarted by supervise.
+            let _ = nix::unistd::write(pipe, &[stage as u8]);
+        }
+    };
+    let agent = std::thread::scope(|scope| {
+        let starting = wait.map(|wait| {
+            let settings = &settings;
+            std::thread::Builder::new()
+                .name("agent".into())
+                .spawn_scoped(scope, move || start_agent(settings, Some(wait)))
+        });
         let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
         if system::vsock_device_present() {
             loaded.extend(system::load_modules(system::VSOCK_MODULES, workers));
+        }
+        if workers > 1 {
+            // Where there is a CPU to spare for it, the host connects while
+            // the disk mounts; on one, that only slows the mount.
+            tell(BootStage::Link);
         }
         if initramfs {
             // Their files are memory there, and not needed again.
@@ -146,19 +163,14 @@ pub fn main() -> ! {
             }
             Err(network) => network(),
         }
+        tell(BootStage::Root);
         match starting {
-            Ok(thread) => thread.join().unwrap_or((None, None)),
-            Err(_) => (None, None),
+            Some(Ok(thread)) => thread.join().unwrap_or(None),
+            Some(Err(_)) | None => None,
         }
     });
-    let agent = match go_ahead {
-        Some(go_ahead) => {
-            // An agent that has died meanwhile is restarted by supervise.
-            let _ = nix::unistd::write(&go_ahead, b"1");
-            agent
-        }
-        None => agent.or_else(|| start_agent(&settings, None)),
-    };
+    drop(go_ahead);
+    let agent = agent.or_else(|| start_agent(&settings, None));
     supervise(&settings, &signals, agent)
 }
 
@@ -214,7 +226,8 @@ fn supervise(settings: &cmdline::Settings, signals: &SigSet, mut agent: Option<C
 }
 
 /// Starts `berth-agent serve` with the guest's sockets and link; with
-/// `wait`, the read end of a pipe, it serves once a byte comes on it.
+/// `wait`, the read end of a pipe, it goes by the [`BootStage`]s that come
+/// on it.
 fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Child> {
     let mut command = Command::new("/proc/self/exe");
     command.args([
@@ -227,12 +240,12 @@ fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Ch
         DOCKER_SOCKET,
         "--power-off-on-shutdown",
     ]);
-    // Looked up by the agent once it may serve: on its first start the
-    // port's driver may still be loading.
+    // Looked up by the agent once the boot modules are in: on its first
+    // start the port's driver may still be loading.
     command.arg("--link-port-name").arg(crate::link::PORT_NAME);
     // Started early, the agent is told of a vsock device whose modules
-    // are loaded before the go-ahead; should they fail, it ends, and its
-    // restart goes by what is bound.
+    // are loaded before the link's go-ahead; should they fail, it ends,
+    // and its restart goes by what is bound.
     let vsock = if wait.is_some() {
         system::vsock_device_present()
     } else {
