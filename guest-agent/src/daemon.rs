@@ -549,9 +549,11 @@ impl BootStages {
                 .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
             self.reached = Some(match (read, byte[0]) {
                 (0, _) => {
-                    return Err(DaemonError::RootNotReady(
-                        "its pipe closed without a word".into(),
-                    ))
+                    let said = match self.reached {
+                        Some(_) => "its pipe closed after the link's stage",
+                        None => "its pipe closed without a word",
+                    };
+                    return Err(DaemonError::RootNotReady(said.into()));
                 }
                 (_, b) if b == BootStage::Link as u8 => BootStage::Link,
                 (_, b) if b == BootStage::Root as u8 => BootStage::Root,
@@ -791,7 +793,10 @@ mod tests {
         let (mut boot, _) = stages(b"l", true);
         boot.reached(BootStage::Link).await.unwrap();
         let err = boot.reached(BootStage::Root).await.unwrap_err();
-        assert!(err.to_string().contains("closed without a word"), "{err}");
+        assert!(
+            err.to_string().contains("closed after the link's stage"),
+            "{err}"
+        );
 
         let (mut boot, _) = stages(b"1", true);
         let err = boot.reached(BootStage::Link).await.unwrap_err();
