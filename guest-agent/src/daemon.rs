@@ -229,11 +229,7 @@ impl LinkServers {
                     gate.closed(),
                 );
             info!(port = %device.display(), "serving the link port");
-            tokio::spawn(async move {
-                if let Err(e) = server.await {
-                    warn!("serving the link port {} failed: {e}", device.display());
-                }
-            });
+            spawn_server(format!("the link port {}", device.display()), server);
         }
         if let Some(port) = links.vsock {
             let incoming = crate::link::vsock_connections(port)
@@ -241,18 +237,26 @@ impl LinkServers {
             let server = tonic::transport::Server::builder()
                 .add_service(gate.service())
                 .serve_with_incoming_shutdown(incoming, gate.closed());
-            tokio::spawn(async move {
-                if let Err(e) = server.await {
-                    warn!("serving vsock port {port} failed: {e}");
-                }
-            });
             info!(port, "serving vsock");
+            spawn_server(format!("vsock port {port}"), server);
         }
         Ok(LinkServers {
             gate,
             power_off: links.power_off,
         })
     }
+}
+
+/// Runs `server` on its own task; its failure is logged as serving `what`.
+fn spawn_server(
+    what: String,
+    server: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            warn!("serving {what} failed: {e}");
+        }
+    });
 }
 
 /// Why the agent could not serve.
@@ -520,6 +524,15 @@ pub enum BootStage {
     Root = b'r',
 }
 
+impl BootStage {
+    /// The stage that `byte` says, if any.
+    fn of_byte(byte: u8) -> Option<Self> {
+        [BootStage::Link, BootStage::Root]
+            .into_iter()
+            .find(|stage| *stage as u8 == byte)
+    }
+}
+
 /// The agent's end of init's pipe: where the boot has got to.
 pub struct BootStages {
     pipe: tokio::net::unix::pipe::Receiver,
@@ -547,23 +560,20 @@ impl BootStages {
                 .read(&mut byte)
                 .await
                 .map_err(|e| DaemonError::RootNotReady(e.to_string()))?;
-            self.reached = Some(match (read, byte[0]) {
-                (0, _) => {
-                    let said = match self.reached {
-                        Some(_) => "its pipe closed after the link's stage",
-                        None => "its pipe closed without a word",
-                    };
-                    return Err(DaemonError::RootNotReady(said.into()));
-                }
-                (_, b) if b == BootStage::Link as u8 => BootStage::Link,
-                (_, b) if b == BootStage::Root as u8 => BootStage::Root,
-                (_, b) => {
-                    return Err(DaemonError::RootNotReady(format!(
-                        "it said {:?}, which is no stage of the boot",
-                        char::from(b)
-                    )))
-                }
-            });
+            if read == 0 {
+                let said = match self.reached {
+                    Some(_) => "its pipe closed after the link's stage",
+                    None => "its pipe closed without a word",
+                };
+                return Err(DaemonError::RootNotReady(said.into()));
+            }
+            let stage = BootStage::of_byte(byte[0]).ok_or_else(|| {
+                DaemonError::RootNotReady(format!(
+                    "it said {:?}, which is no stage of the boot",
+                    char::from(byte[0])
+                ))
+            })?;
+            self.reached = Some(stage);
         }
         Ok(())
     }
