@@ -47,6 +47,15 @@ pub const LINK_PORT_NAME: &str = "org.berth.agent.0";
 /// The data disk's serial, by which the guest finds it.
 const DISK_SERIAL: &str = "berth-data";
 
+/// The kernel's own parameters, for every machine: a quiet console (the
+/// agent's log is what is read there), a panic that ends QEMU at once (the
+/// boot watchdog reports it) rather than a hang, and no self-tests of the
+/// kernel's crypto algorithms as each registers. Those tests check the
+/// kernel's implementations against known answers (no key or input of the
+/// machine's is involved), and take about half a second of every boot
+/// under TCG; a kernel in FIPS mode runs them regardless.
+const KERNEL_PARAMETERS: &str = "quiet loglevel=3 panic=-1 cryptomgr.notests";
+
 /// How long a graceful stop may take: the agent stops its containers,
 /// syncs and powers off.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -233,7 +242,7 @@ impl QemuDriver {
     /// The kernel command line for this machine.
     fn kernel_cmdline(&self) -> String {
         let mut line = format!(
-            "console={} quiet loglevel=3 panic=-1 berth.hostname={} berth.disk={DISK_SERIAL}",
+            "console={} {KERNEL_PARAMETERS} berth.hostname={} berth.disk={DISK_SERIAL}",
             guest_platform().console,
             self.context.name
         );
@@ -647,6 +656,9 @@ mod tests {
             cfg!(target_arch = "x86_64"),
             guest_platform().tcg_cpu == "max,erms=off"
         );
+        assert!(d
+            .kernel_cmdline()
+            .contains("quiet loglevel=3 panic=-1 cryptomgr.notests "));
         assert!(d.kernel_cmdline().contains(
             "berth.hostname=dev berth.disk=berth-data berth.insecure_registry=10.0.2.2:5000 \
              berth.label=tier=dev berth.env=HTTP_PROXY=http://p:3128"
