@@ -52,8 +52,8 @@ const DISK_SERIAL: &str = "berth-data";
 /// boot watchdog reports it) rather than a hang, and no self-tests of the
 /// kernel's crypto algorithms as each registers. Those tests check the
 /// kernel's implementations against known answers (no key or input of the
-/// machine's is involved), and take about half a second of every boot
-/// under TCG; a kernel in FIPS mode runs them regardless.
+/// machine's is involved), and took a quarter to half a second of every
+/// boot under TCG; a kernel in FIPS mode runs them regardless.
 const KERNEL_PARAMETERS: &str = "quiet loglevel=3 panic=-1 cryptomgr.notests";
 
 /// How long a graceful stop may take: the agent stops its containers,
