@@ -4,8 +4,9 @@
 //!
 //! - `<machine dir>/docker.sock` — each connection becomes a tunnel to the
 //!   guest's Docker API, so `DOCKER_HOST=unix://…` works;
-//! - `<machine dir>/agent.sock` — each connection becomes a tunnel to the
-//!   agent's own gRPC socket, for `berth` (ssh, version, stop);
+//! - `<machine dir>/agent.sock` — the agent's gRPC API for `berth` (ssh,
+//!   version, stop): each call is passed on as a call of its own on the
+//!   link, which the agent serves itself;
 //! - `127.0.0.1:PORT` for every TCP port listening in the guest (published
 //!   container ports among them), opened and closed as the agent reports
 //!   them; a port taken on this machine is skipped with a warning.
@@ -61,9 +62,13 @@ mod imp {
 
     use berth_proto::pb::agent_client::AgentClient;
     use berth_proto::pb::{TunnelOpen, TunnelService, WatchPortsRequest};
+    use hyper::body::Incoming;
+    use hyper::Request;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::{TcpListener, UnixListener};
     use tokio::task::JoinHandle;
     use tonic::transport::Channel;
+    use tower::ServiceExt;
 
     use super::SupervisorError;
     use crate::driver::qemu::Files;
@@ -109,7 +114,7 @@ mod imp {
             .map_err(io("handle SIGTERM"))?;
         tokio::select! {
             _ = serve(docker, channel.clone(), service(TunnelService::Docker)) => {}
-            _ = serve(agent, channel.clone(), service(TunnelService::Agent)) => {}
+            _ = serve_agent(agent, channel.clone()) => {}
             _ = forward_ports(channel.clone()) => {}
             _ = qemu_gone(&files) => tracing::info!("QEMU has exited"),
             _ = term.recv() => tracing::info!("SIGTERM"),
@@ -140,6 +145,47 @@ mod imp {
                     tokio::spawn(async move {
                         if let Err(e) = tunnel::open(channel, target, stream).await {
                             tracing::debug!("tunnel ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves the agent's API on `listener` by passing each call on to the
+    /// agent over `channel`: a call from `berth` is one more stream of the
+    /// link's HTTP/2 connection, with no connection of its own inside a
+    /// tunnel (whose handshake would cost round trips over the link). While
+    /// the link is down a call waits for it, as on the link itself.
+    async fn serve_agent(listener: UnixListener, channel: Channel) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let channel = channel.clone();
+                    let pass_on = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let channel = channel.clone();
+                        async move {
+                            let request = request.map(tonic::body::Body::new);
+                            let response = match channel.oneshot(request).await {
+                                Ok(response) => response,
+                                Err(e) => tonic::Status::unavailable(format!(
+                                    "cannot reach the agent over the link: {e}"
+                                ))
+                                .into_http(),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), pass_on)
+                            .await;
+                        if let Err(e) = served {
+                            tracing::debug!("agent connection ended: {e}");
                         }
                     });
                 }
