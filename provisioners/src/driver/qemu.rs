@@ -299,7 +299,10 @@ impl QemuDriver {
             "-serial".into(),
             "chardev:console".into(),
             "-device".into(),
-            "virtio-serial-pci".into(),
+            // Room for the one port the link needs (number 0 is kept for a
+            // console): the default of 31 has the guest's driver set up 64
+            // queues, each with its interrupt, at every boot.
+            "virtio-serial-pci,max_ports=2".into(),
             "-chardev".into(),
             format!("socket,id=link,path={},server=on,wait=off", p(f.link())),
             "-device".into(),
