@@ -348,6 +348,14 @@ impl RootLock {
     /// Creates `root` (mode 0700) if needed, takes its lock and records this
     /// process's pid.
     pub fn acquire(root: &Path) -> Result<Self, DaemonError> {
+        let lock = Self::take(root)?;
+        Self::write_pid(root)?;
+        Ok(lock)
+    }
+
+    /// [`RootLock::acquire`] but for the pid, which the caller records with
+    /// [`RootLock::write_pid`].
+    fn take(root: &Path) -> Result<Self, DaemonError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -390,17 +398,16 @@ impl RootLock {
                 }
             }
         }
-        let lock = RootLock {
+        Ok(RootLock {
             root: root.to_owned(),
             _file: file,
-        };
-        lock.write_pid()?;
-        Ok(lock)
+        })
     }
 
-    fn write_pid(&self) -> Result<(), DaemonError> {
-        let path = self.root.join(layout::PID_FILE);
-        let tmp = self.root.join(format!(".{}.tmp", layout::PID_FILE));
+    /// Records this process's pid in `root`, whose lock it holds.
+    fn write_pid(root: &Path) -> Result<(), DaemonError> {
+        let path = root.join(layout::PID_FILE);
+        let tmp = root.join(format!(".{}.tmp", layout::PID_FILE));
         // Whole or absent (the rename), but not synced: a pid means
         // nothing once the machine has gone down, and a sync costs a
         // flush of the whole disk cache at every start.
@@ -579,6 +586,52 @@ impl BootStages {
     }
 }
 
+/// Opens the engine under `root` and serves the Docker API for it as
+/// `docker` says, until `stop_rx` turns true.
+async fn serve_docker(
+    root: &Path,
+    docker: DockerApi,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(SocketGuard, std::sync::Arc<crate::engine::Engine>), DaemonError> {
+    let mut registry = crate::image::registry::RegistryConfig {
+        insecure: docker.insecure_registries.clone(),
+        ..Default::default()
+    };
+    for mirror in &docker.registry_mirrors {
+        registry.add_mirror(mirror).map_err(DaemonError::Engine)?;
+    }
+    let engine =
+        crate::engine::Engine::open(root, registry, docker.labels.clone(), docker.bridge_subnet)
+            .await
+            .map_err(|e| DaemonError::Engine(e.to_string()))?;
+    if let Some((address, files)) = &docker.tcp {
+        let config = crate::api::docker::tls::server_config(files).map_err(DaemonError::Tls)?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| DaemonError::Tls(format!("listen on {address}: {e}")))?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::api::docker::serve_tls(
+            engine.clone(),
+            listener,
+            config,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+        info!(%address, "Docker API on TCP with mutual TLS");
+    }
+    let (docker_listener, guard) = bind_unix(&docker.socket)?;
+    let mut stop = stop_rx.clone();
+    tokio::spawn(crate::api::docker::serve(
+        engine.clone(),
+        docker_listener,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
+    Ok((guard, engine))
+}
+
 /// Serves the agent's gRPC API for `root` on `listen` until `shutdown`
 /// completes, then removes the socket and releases the root.
 pub async fn serve(
@@ -591,59 +644,28 @@ pub async fn serve(
     let Address::Unix(path) = listen else {
         return Err(DaemonError::UnsupportedListen(listen.clone()));
     };
-    let lock = RootLock::acquire(root)?;
+    let lock = RootLock::take(root)?;
     let (listener, socket) = bind_unix(path)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let docker_socket = docker.as_ref().map(|d| d.socket.clone());
-    let mut engine_of_docker = None;
-    let docker_guard = match docker {
-        Some(docker) => {
-            let mut registry = crate::image::registry::RegistryConfig {
-                insecure: docker.insecure_registries.clone(),
-                ..Default::default()
-            };
-            for mirror in &docker.registry_mirrors {
-                registry.add_mirror(mirror).map_err(DaemonError::Engine)?;
-            }
-            let engine = crate::engine::Engine::open(
-                root,
-                registry,
-                docker.labels.clone(),
-                docker.bridge_subnet,
-            )
-            .await
-            .map_err(|e| DaemonError::Engine(e.to_string()))?;
-            if let Some((address, files)) = &docker.tcp {
-                let config =
-                    crate::api::docker::tls::server_config(files).map_err(DaemonError::Tls)?;
-                let listener = tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|e| DaemonError::Tls(format!("listen on {address}: {e}")))?;
-                let mut stop = stop_rx.clone();
-                tokio::spawn(crate::api::docker::serve_tls(
-                    engine.clone(),
-                    listener,
-                    config,
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                ));
-                info!(%address, "Docker API on TCP with mutual TLS");
-            }
-            let (docker_listener, guard) = bind_unix(&docker.socket)?;
-            let mut stop = stop_rx.clone();
-            engine_of_docker = Some(engine.clone());
-            tokio::spawn(crate::api::docker::serve(
-                engine,
-                docker_listener,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ));
-            Some(guard)
-        }
+    // The pid file is written while the engine opens: on a disk just
+    // mounted, making a file waits for the disk's reads. Both are done
+    // before the agent's API answers (what a host waits for), and the
+    // write is waited for whatever the engine's outcome, so that it cannot
+    // land after the lock is let go.
+    let pid_file = tokio::task::spawn_blocking({
+        let root = root.to_owned();
+        move || RootLock::write_pid(&root)
+    });
+    let docker = match docker {
+        Some(docker) => Some(serve_docker(root, docker, &stop_rx).await),
         None => None,
     };
+    pid_file.await.map_err(|e| DaemonError::Bookkeeping {
+        path: root.join(layout::PID_FILE),
+        source: io::Error::other(e),
+    })??;
+    let (docker_guard, engine_of_docker) = docker.transpose()?.unzip();
     let stop_requested = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut service = AgentService::new(
         root.to_owned(),

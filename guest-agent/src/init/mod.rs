@@ -24,7 +24,7 @@
 //! - [`power`] — the power button, stopping everything, powering off.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -107,7 +107,7 @@ pub fn main() -> ! {
             let _ = nix::unistd::write(pipe, &[stage as u8]);
         }
     };
-    let agent = std::thread::scope(|scope| {
+    let (agent, loaded) = std::thread::scope(|scope| {
         let starting = wait.map(|wait| {
             let settings = &settings;
             std::thread::Builder::new()
@@ -123,19 +123,16 @@ pub fn main() -> ! {
             // the disk mounts; on one, that only slows the mount.
             tell(BootStage::Link);
         }
-        if initramfs {
-            // Their files are memory there, and not needed again.
-            system::delete_files(&loaded);
-        }
-        if let Err(e) = system::mount_cgroup2() {
-            warn!("{e}");
-        }
-        system::set_hostname(&settings.hostname);
-        system::check_clock();
-        // The network and the data disk do not wait for each other where
-        // there are CPUs to do both at once (on one, a second thread only
-        // costs).
+        // The rest of the system and the network do not wait for the data
+        // disk, nor it for them, where there are CPUs to do both at once
+        // (on one, a second thread only costs): the disk's mount mostly
+        // waits for the disk.
         let network = || {
+            if let Err(e) = system::mount_cgroup2() {
+                warn!("{e}");
+            }
+            system::set_hostname(&settings.hostname);
+            system::check_clock();
             if let Err(e) = net::configure(&settings) {
                 warn!("network: {e}");
             }
@@ -164,14 +161,18 @@ pub fn main() -> ! {
             Err(network) => network(),
         }
         tell(BootStage::Root);
-        match starting {
+        let agent = match starting {
             Some(Ok(thread)) => thread.join().unwrap_or(None),
             Some(Err(_)) | None => None,
-        }
+        };
+        (agent, loaded)
     });
     drop(go_ahead);
     let agent = agent.or_else(|| start_agent(&settings, None));
-    supervise(&settings, &signals, agent)
+    // The boot modules' files are memory in the initramfs, and not needed
+    // again; deleting them is not worth the agent's wait.
+    let spent = if initramfs { loaded } else { Vec::new() };
+    supervise(&settings, &signals, agent, spent)
 }
 
 /// Blocks the signals init handles, so that they queue for `sigwait`.
@@ -190,10 +191,16 @@ fn handled_signals() -> SigSet {
 }
 
 /// Keeps `agent` running (restarting it when it dies), reaps orphans, and
-/// powers off when told to. `signals` are blocked in every thread.
-fn supervise(settings: &cmdline::Settings, signals: &SigSet, mut agent: Option<Child>) -> ! {
+/// powers off when told to. `signals` are blocked in every thread. The
+/// `spent` files are deleted once the agent serves.
+fn supervise(
+    settings: &cmdline::Settings,
+    signals: &SigSet,
+    mut agent: Option<Child>,
+    spent: Vec<PathBuf>,
+) -> ! {
     // Once the agent serves: what it does not need to start.
-    system::later_setup(Path::new(DOCKER_SOCKET));
+    system::later_setup(Path::new(DOCKER_SOCKET), spent);
     let mut started = Instant::now();
     loop {
         let signal = match signals.wait() {

@@ -291,17 +291,18 @@ fn is_loaded(path: &Path) -> bool {
 /// The part of the boot the agent does not need to start, done on a
 /// thread of its own at the lowest priority once `serving` (the agent's
 /// last socket) exists, so that the agent starts on a machine not busy
-/// with it: busybox's applets linked (for `berth ssh`), the
-/// [`LATER_MODULES`] loaded, then the power button (whose driver is among
-/// them) watched. [`LATER_SETUP`] is there until it is done; call this
-/// before the agent starts.
-pub fn later_setup(serving: &'static Path) {
+/// with it: the `spent` files deleted (the boot modules'), busybox's
+/// applets linked (for `berth ssh`), the [`LATER_MODULES`] loaded, then the
+/// power button (whose driver is among them) watched. [`LATER_SETUP`] is
+/// there until it is done; call this before the agent starts.
+pub fn later_setup(serving: &'static Path, spent: Vec<PathBuf>) {
     for marker in [LATER_SETUP, APPLETS_PENDING] {
         if let Err(e) = fs::write(marker, b"") {
             warn!("cannot write {marker}: {e}");
         }
     }
-    let work = || {
+    let work = |spent: &[PathBuf]| {
+        delete_files(spent);
         install_busybox();
         let _ = fs::remove_file(APPLETS_PENDING);
         // One at a time: the agent comes first.
@@ -309,27 +310,32 @@ pub fn later_setup(serving: &'static Path) {
         super::power::watch_button();
         let _ = fs::remove_file(LATER_SETUP);
     };
+    let spent = std::sync::Arc::new(spent);
     let spawned = std::thread::Builder::new()
         .name("later-setup".into())
-        .spawn(move || {
-            // SAFETY: setpriority(2) with PRIO_PROCESS and a thread id sets
-            // that thread's niceness (Linux); it only reads its arguments.
-            unsafe {
-                libc::setpriority(
-                    libc::PRIO_PROCESS,
-                    libc::gettid() as libc::id_t,
-                    LATER_SETUP_NICE,
-                );
+        .spawn({
+            let spent = spent.clone();
+            move || {
+                // SAFETY: setpriority(2) with PRIO_PROCESS and a thread id
+                // sets that thread's niceness (Linux); it only reads its
+                // arguments.
+                unsafe {
+                    libc::setpriority(
+                        libc::PRIO_PROCESS,
+                        libc::gettid() as libc::id_t,
+                        LATER_SETUP_NICE,
+                    );
+                }
+                let deadline = Instant::now() + LATER_SETUP_WAIT;
+                while !serving.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                work(&spent);
             }
-            let deadline = Instant::now() + LATER_SETUP_WAIT;
-            while !serving.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            work();
         });
     if let Err(e) = spawned {
         warn!("cannot start the later part of the boot: {e}; doing it now");
-        work();
+        work(&spent);
     }
 }
 
