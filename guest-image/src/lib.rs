@@ -57,7 +57,8 @@ pub const INITRAMFS: &str = "initramfs.cpio";
 /// first (`berth.load`), each once those it needs are loaded, side by side
 /// where the guest has CPUs for it, taking the first ready in this order:
 /// ext4's chain is by far the longest (ext4 alone is most of the time), so
-/// it goes first.
+/// it goes first. A kernel that builds some of them in (Debian's cloud
+/// flavour: ext4 and crc32c) ships only the others.
 const BOOT_MODULES: &[&str] = &[
     "crc32c_generic",
     "ext4",
@@ -73,8 +74,8 @@ const BOOT_MODULES: &[&str] = &[
 /// device (`berth.vsock`).
 const VSOCK_MODULES: &[&str] = &["vmw_vsock_virtio_transport"];
 
-/// The rest: container networking, shared folders, input (the power
-/// button). Init loads them once the agent serves (`berth.later`).
+/// The rest: container networking, shared folders (virtiofs), input (the
+/// power button). Init loads them once the agent serves (`berth.later`).
 const LATER_MODULES: &[&str] = &[
     "bridge",
     "br_netfilter",
@@ -86,8 +87,6 @@ const LATER_MODULES: &[&str] = &[
     "nf_tables",
     "nft_chain_nat",
     "nft_masq",
-    "9pnet_virtio",
-    "9p",
     "virtiofs",
     "evdev",
 ];
@@ -554,7 +553,7 @@ fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
 /// The ELF kernel inside an x86 `bzImage`, if it has a PVH entry point
 /// (and so can be booted uncompressed). The boot protocol's header says
 /// where the compressed payload is; an xz one is inflated by `xz`, a gzip
-/// one here, another kind is left alone.
+/// or LZ4 one here, another kind is left alone.
 fn x86_elf_kernel(bz_image: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
     let field = |at: usize, len: usize| bz_image.get(at..at + len);
     // "HdrS" at 0x202; protocol 2.08 (payload fields) or later.
@@ -581,6 +580,8 @@ fn x86_elf_kernel(bz_image: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
     };
     let elf = if payload.starts_with(b"\xfd7zXZ\x00") {
         inflate_xz(payload)?
+    } else if payload.starts_with(&LZ4_LEGACY_MAGIC) {
+        inflate_lz4_legacy(payload)?
     } else if payload.starts_with(&[0x1f, 0x8b]) {
         let mut data = Vec::new();
         io::Read::read_to_end(&mut flate2::read::GzDecoder::new(payload), &mut data)
@@ -590,6 +591,48 @@ fn x86_elf_kernel(bz_image: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
         return Ok(None);
     };
     Ok(has_pvh_entry(&elf)?.then_some(elf))
+}
+
+/// The magic number of LZ4's legacy frame, the form the kernel's build
+/// writes (`lz4 -l`).
+const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+
+/// What one block of a legacy frame holds at most, inflated.
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+
+/// A kernel payload in LZ4's legacy frame, inflated: after the magic, each
+/// block is its compressed length (32 bits, little-endian) and that many
+/// bytes; the kernel's build appends the inflated size (32 bits), which is
+/// checked.
+fn inflate_lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let bad = |why: &str| ImageError::Input(format!("the kernel's LZ4 payload: {why}"));
+    let u32_at = |data: &[u8], at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(body_end) = payload.len().checked_sub(4) else {
+        return Err(bad("it is shorter than its header"));
+    };
+    let size = u32_at(payload, body_end).ok_or_else(|| bad("no size at its end"))?;
+    let body = &payload[..body_end];
+    let mut out = vec![0u8; size];
+    let (mut at, mut written) = (LZ4_LEGACY_MAGIC.len(), 0);
+    while at < body.len() {
+        let length = u32_at(body, at).ok_or_else(|| bad("a block's length is cut off"))?;
+        let block = body
+            .get(at + 4..at + 4 + length)
+            .ok_or_else(|| bad("a block runs past its end"))?;
+        let room = (out.len() - written).min(LZ4_LEGACY_BLOCK);
+        written += lz4_flex::block::decompress_into(block, &mut out[written..written + room])
+            .map_err(|e| bad(&e.to_string()))?;
+        at += 4 + length;
+    }
+    if written != size {
+        return Err(bad(&format!(
+            "it inflates to {written} bytes where its end says {size}"
+        )));
+    }
+    Ok(out)
 }
 
 /// `data` (xz) inflated by `xz -dc` (which knows the x86 branch filter the
@@ -751,6 +794,40 @@ mod tests {
         let err = manifest.expand_kernel(dir.path()).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
         assert!(!dir.path().join(KERNEL_EXPANDED).exists());
+    }
+
+    /// `blocks`, each compressed, in LZ4's legacy frame with the kernel
+    /// build's size after it.
+    fn lz4_legacy(blocks: &[&[u8]], size: u32) -> Vec<u8> {
+        let mut frame = LZ4_LEGACY_MAGIC.to_vec();
+        for block in blocks {
+            let packed = lz4_flex::block::compress(block);
+            frame.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&packed);
+        }
+        frame.extend_from_slice(&size.to_le_bytes());
+        frame
+    }
+
+    #[test]
+    fn an_lz4_payload_inflates_block_by_block() {
+        let whole = b"\x7fELF, the first block; and the second";
+        let frame = lz4_legacy(&[&whole[..24], &whole[24..]], whole.len() as u32);
+        assert_eq!(inflate_lz4_legacy(&frame).unwrap(), whole);
+    }
+
+    #[test]
+    fn a_damaged_lz4_payload_is_refused() {
+        let whole = lz4_legacy(&[b"some kernel bytes, some kernel bytes"], 36);
+        let wrong_size = lz4_legacy(&[b"some kernel bytes, some kernel bytes"], 40);
+        let err = inflate_lz4_legacy(&wrong_size).unwrap_err().to_string();
+        assert!(err.contains("inflates to 36 bytes"), "{err}");
+        // Cut inside its block: the block's length runs past the end.
+        let mut cut = whole[..whole.len() - 10].to_vec();
+        cut.extend_from_slice(&36u32.to_le_bytes());
+        let err = inflate_lz4_legacy(&cut).unwrap_err().to_string();
+        assert!(err.contains("past its end"), "{err}");
+        assert!(inflate_lz4_legacy(&LZ4_LEGACY_MAGIC).is_err());
     }
 
     #[test]
