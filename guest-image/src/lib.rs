@@ -600,6 +600,10 @@ const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
 /// What one block of a legacy frame holds at most, inflated.
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
 
+/// More than any kernel inflates to: a size beyond it is damage, and is
+/// not allocated.
+const KERNEL_MAX_BYTES: usize = 1 << 30;
+
 /// A kernel payload in LZ4's legacy frame, inflated: after the magic, each
 /// block is its compressed length (32 bits, little-endian) and that many
 /// bytes; the kernel's build appends the inflated size (32 bits), which is
@@ -614,6 +618,11 @@ fn inflate_lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
         return Err(bad("it is shorter than its header"));
     };
     let size = u32_at(payload, body_end).ok_or_else(|| bad("no size at its end"))?;
+    if size > KERNEL_MAX_BYTES {
+        return Err(bad(&format!(
+            "its end says {size} bytes, more than a kernel can be; the package is damaged"
+        )));
+    }
     let body = &payload[..body_end];
     let mut out = vec![0u8; size];
     let (mut at, mut written) = (LZ4_LEGACY_MAGIC.len(), 0);
@@ -828,6 +837,9 @@ mod tests {
         let err = inflate_lz4_legacy(&cut).unwrap_err().to_string();
         assert!(err.contains("past its end"), "{err}");
         assert!(inflate_lz4_legacy(&LZ4_LEGACY_MAGIC).is_err());
+        let huge = lz4_legacy(&[b"some kernel bytes"], u32::MAX);
+        let err = inflate_lz4_legacy(&huge).unwrap_err().to_string();
+        assert!(err.contains("more than a kernel can be"), "{err}");
     }
 
     #[test]

@@ -65,7 +65,7 @@ mod imp {
     use hyper::body::Incoming;
     use hyper::Request;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tokio::net::{TcpListener, UnixListener};
+    use tokio::net::{TcpListener, UnixListener, UnixStream};
     use tokio::task::JoinHandle;
     use tonic::transport::Channel;
     use tower::ServiceExt;
@@ -137,16 +137,16 @@ mod imp {
         Ok(listener)
     }
 
-    async fn serve(listener: UnixListener, channel: Channel, target: TunnelOpen) {
+    /// Runs `handle` on a task of its own for each connection `listener`
+    /// accepts, until the supervisor ends.
+    async fn accept_each<F>(listener: UnixListener, handle: impl Fn(UnixStream) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let channel = channel.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = tunnel::open(channel, target, stream).await {
-                            tracing::debug!("tunnel ended: {e}");
-                        }
-                    });
+                    tokio::spawn(handle(stream));
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -156,45 +156,51 @@ mod imp {
         }
     }
 
+    /// Makes each connection on `listener` a tunnel to `target`.
+    async fn serve(listener: UnixListener, channel: Channel, target: TunnelOpen) {
+        accept_each(listener, |stream| {
+            let channel = channel.clone();
+            async move {
+                if let Err(e) = tunnel::open(channel, target, stream).await {
+                    tracing::debug!("tunnel ended: {e}");
+                }
+            }
+        })
+        .await
+    }
+
     /// Serves the agent's API on `listener` by passing each call on to the
     /// agent over `channel`: a call from `berth` is one more stream of the
     /// link's HTTP/2 connection, with no connection of its own inside a
     /// tunnel (whose handshake would cost round trips over the link). While
     /// the link is down a call waits for it, as on the link itself.
     async fn serve_agent(listener: UnixListener, channel: Channel) {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let channel = channel.clone();
-                    let pass_on = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let channel = channel.clone();
-                        async move {
-                            let request = request.map(tonic::body::Body::new);
-                            let response = match channel.oneshot(request).await {
-                                Ok(response) => response,
-                                Err(e) => tonic::Status::unavailable(format!(
-                                    "cannot reach the agent over the link: {e}"
-                                ))
-                                .into_http(),
-                            };
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    tokio::spawn(async move {
-                        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), pass_on)
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!("agent connection ended: {e}");
-                        }
-                    });
+        accept_each(listener, |stream| {
+            let channel = channel.clone();
+            let pass_on = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let channel = channel.clone();
+                async move {
+                    let request = request.map(tonic::body::Body::new);
+                    let response = match channel.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(e) => tonic::Status::unavailable(format!(
+                            "cannot reach the agent over the link: {e}"
+                        ))
+                        .into_http(),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
                 }
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+            async move {
+                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), pass_on)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!("agent connection ended: {e}");
                 }
             }
-        }
+        })
+        .await
     }
 
     /// How long to wait before asking the agent for its ports again after
