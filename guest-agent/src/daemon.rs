@@ -670,7 +670,6 @@ pub async fn serve(
     let mut service = AgentService::new(
         root.to_owned(),
         Targets {
-            agent: Some(path.clone()),
             docker: docker_socket,
         },
         if links.power_off {

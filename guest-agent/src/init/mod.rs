@@ -107,15 +107,18 @@ pub fn main() -> ! {
             let _ = nix::unistd::write(pipe, &[stage as u8]);
         }
     };
+    let vsock_device = system::vsock_device_present();
     let (agent, loaded) = std::thread::scope(|scope| {
         let starting = wait.map(|wait| {
             let settings = &settings;
             std::thread::Builder::new()
                 .name("agent".into())
-                .spawn_scoped(scope, move || start_agent(settings, Some(wait)))
+                .spawn_scoped(scope, move || {
+                    start_agent(settings, Some(wait), vsock_device)
+                })
         });
         let mut loaded = system::load_modules(system::BOOT_MODULES, workers);
-        if system::vsock_device_present() {
+        if vsock_device {
             loaded.extend(system::load_modules(system::VSOCK_MODULES, workers));
         }
         if workers > 1 {
@@ -168,7 +171,7 @@ pub fn main() -> ! {
         (agent, loaded)
     });
     drop(go_ahead);
-    let agent = agent.or_else(|| start_agent(&settings, None));
+    let agent = agent.or_else(|| start_agent(&settings, None, system::has_vsock()));
     // The boot modules' files are memory in the initramfs, and not needed
     // again; deleting them is not worth the agent's wait.
     let spent = if initramfs { loaded } else { Vec::new() };
@@ -226,7 +229,7 @@ fn supervise(
             if since < RESTART_BACKOFF {
                 std::thread::sleep(RESTART_BACKOFF - since);
             }
-            agent = start_agent(settings, None);
+            agent = start_agent(settings, None, system::has_vsock());
             started = Instant::now();
         }
     }
@@ -234,8 +237,8 @@ fn supervise(
 
 /// Starts `berth-agent serve` with the guest's sockets and link; with
 /// `wait`, the read end of a pipe, it goes by the [`BootStage`]s that come
-/// on it.
-fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Child> {
+/// on it. With `vsock`, it also serves the link on vsock.
+fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>, vsock: bool) -> Option<Child> {
     let mut command = Command::new("/proc/self/exe");
     command.args([
         "serve",
@@ -253,11 +256,6 @@ fn start_agent(settings: &cmdline::Settings, wait: Option<OwnedFd>) -> Option<Ch
     // Started early, the agent is told of a vsock device whose modules
     // are loaded before the link's go-ahead; should they fail, it ends,
     // and its restart goes by what is bound.
-    let vsock = if wait.is_some() {
-        system::vsock_device_present()
-    } else {
-        system::has_vsock()
-    };
     if vsock {
         command
             .arg("--vsock-port")

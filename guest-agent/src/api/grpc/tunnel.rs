@@ -22,8 +22,6 @@ pub type FrameStream = tokio_stream::wrappers::ReceiverStream<Result<TunnelFrame
 /// Where the agent's own services listen, for tunnels to reach them.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
-    /// The agent's gRPC socket.
-    pub agent: Option<PathBuf>,
     /// The Docker API's socket.
     pub docker: Option<PathBuf>,
 }
@@ -62,7 +60,6 @@ pub async fn open(
         Some(Target::Service(service)) => {
             let (name, path) = match TunnelService::try_from(service) {
                 Ok(TunnelService::Docker) => ("the Docker API", &targets.docker),
-                Ok(TunnelService::Agent) => ("the agent", &targets.agent),
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "unknown service {service}"
